@@ -1,0 +1,42 @@
+"""Shared fixtures: a small model, its variables and compiled steps, built once per module."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def real_mnist_dir():
+    """$TFDS_DATA_DIR when it holds the prepared mnist, else None."""
+    data_dir = os.environ.get("TFDS_DATA_DIR")
+    if data_dir and os.path.isdir(os.path.join(data_dir, "mnist")):
+        return data_dir
+    return None
+
+
+requires_real_mnist = pytest.mark.skipif(
+    real_mnist_dir() is None, reason="TFDS_DATA_DIR does not hold the prepared mnist")
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Eight 28x28x1 images in [0, 1] with digit-like structure (a blurred random blob)."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(size=(8, 28, 28, 1)).astype(np.float32)
+    return np.clip(base * np.linspace(0, 1.5, 28)[None, :, None, None], 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def model():
+    from vae_jax import VAE
+    return VAE()
+
+
+@pytest.fixture(scope="session")
+def variables(model, images):
+    return model.init(jax.random.key(0), images, jax.random.key(1), train=False)

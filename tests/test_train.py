@@ -1,0 +1,214 @@
+"""The train state, train and eval steps, the epoch loops and determinism."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import VAE, train
+
+
+def state_factory(optimizer, seed=0, model=VAE()):
+    """A function returning a new train state (the jitted steps donate their input)."""
+    keys = train.RunKeys.from_seed(seed)
+    state = train.create_train_state(model, optimizer, keys.init, keys.train)
+    return lambda: jax.tree.map(jnp.copy, state)
+
+
+@pytest.fixture(scope="module")
+def fresh_state():
+    """With the course's Adam."""
+    return state_factory(train.make_optimizer(2e-3))
+
+
+@pytest.fixture(scope="module")
+def sgd_state():
+    """With plain SGD, for comparing two computations of the same training: Adam divides
+    by the gradient's magnitude and so turns the rounding noise in the zero gradients of
+    the biases before BatchNorm (see below) into steps as large as the learning rate."""
+    return state_factory(optax.sgd(1e-5))
+
+
+@pytest.fixture(scope="module")
+def step_fn():
+    return train.make_train_step(max_traces=2)
+
+
+@pytest.fixture(scope="module")
+def epoch_images():
+    """20 images: two full batches of 8 and a last one of 4."""
+    return np.random.default_rng(1).uniform(size=(20, 28, 28, 1)).astype(np.float32)
+
+
+# A convolution's bias right before BatchNorm is cancelled by the mean subtraction: its true
+# gradient is 0, so the computed one is float rounding noise (~1e-9) that Adam normalises
+# into steps of up to the learning rate. Those biases are compared for finiteness only.
+PRE_BATCHNORM_LAYERS = (("encoder", "conv1"), ("encoder", "conv2"), ("decoder", "deconv1"),
+                        ("decoder", "deconv2"), ("decoder", "deconv3"))
+
+
+def without_pre_batchnorm_biases(params):
+    params = jax.tree.map(np.asarray, params)
+    params = {part: dict(layers) for part, layers in params.items()}
+    for part, layer in PRE_BATCHNORM_LAYERS:
+        params[part][layer] = {"kernel": params[part][layer]["kernel"]}
+    return params
+
+
+def assert_states_close(first, second, **tolerance):
+    chex.assert_trees_all_close(
+        (without_pre_batchnorm_biases(first.params), first.batch_stats, first.step),
+        (without_pre_batchnorm_biases(second.params), second.batch_stats, second.step),
+        **tolerance)
+    chex.assert_tree_all_finite((first.params, second.params))
+    chex.assert_trees_all_equal(jax.random.key_data(first.key),
+                                jax.random.key_data(second.key))
+
+
+def test_default_config_is_the_course_recipe():
+    config = train.TrainConfig()
+    assert (config.epochs, config.batch_size, config.learning_rate, config.z_dim) == (
+        10, 1024, 2e-3, 32)
+
+
+def test_run_keys_are_distinct():
+    keys = train.RunKeys.from_seed(0)
+    data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in vars(keys).values()]
+    assert len(set(data)) == len(data)
+
+
+class TrainStepTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_train_step_agrees_with_and_without_jit(self):
+        # The XLA convolutions: fewer operations to dispatch one by one without jit.
+        state = state_factory(train.make_optimizer(2e-3), model=VAE(implementation="xla"))()
+        images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+        new_state, metrics = self.variant(train.train_step)(state, images)
+        expected_state, expected_metrics = jax.jit(train.train_step)(state, images)
+        assert_states_close(new_state, expected_state, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(metrics, expected_metrics, rtol=1e-5)
+        chex.assert_tree_all_finite(metrics)
+        assert int(new_state.step) == 1
+
+
+def test_step_splits_the_key_and_never_reuses_it(fresh_state, step_fn, images):
+    state = fresh_state()
+    seen = {tuple(np.asarray(jax.random.key_data(state.key)))}
+    for _ in range(3):
+        state, _ = step_fn(state, images)
+        seen.add(tuple(np.asarray(jax.random.key_data(state.key))))
+    assert len(seen) == 4
+
+
+def test_loss_falls_when_overfitting_a_small_batch(fresh_state, step_fn, images):
+    state = fresh_state()
+    losses = []
+    for _ in range(30):
+        state, metrics = step_fn(state, images)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.8 * losses[0], losses
+    chex.assert_tree_all_finite(state.params)
+
+
+def test_batch_stats_change_in_train_mode_and_not_in_eval_mode(fresh_state, step_fn, images):
+    state = fresh_state()
+    before = jax.tree.map(np.asarray, state.batch_stats)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    _, updates = state.apply_fn(variables, images, jax.random.key(0), train=False,
+                                mutable=["batch_stats"])
+    chex.assert_trees_all_equal(updates["batch_stats"], before)
+    state, _ = step_fn(state, images)
+    for (path, old), new in zip(jax.tree.leaves_with_path(before),
+                                jax.tree.leaves(state.batch_stats)):
+        assert not np.allclose(old, new), path
+
+
+def test_eval_mode_uses_running_averages(fresh_state, images):
+    """In eval mode each image's encoding does not depend on the rest of the batch."""
+    state = fresh_state()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def encode(x, train):
+        return state.apply_fn(variables, x, train=train, method=VAE.encode,
+                              mutable=["batch_stats"])[0]
+
+    chex.assert_trees_all_close(encode(images[:2], False),
+                                jax.tree.map(lambda a: a[:2], encode(images, False)),
+                                rtol=1e-5, atol=1e-6)
+    # In train mode the batch statistics couple the images.
+    assert not np.allclose(encode(images[:2], True)[0], encode(images, True)[0][:2])
+
+
+def test_train_step_compiles_at_most_twice_per_run(fresh_state, images):
+    step = train.make_train_step(max_traces=2)
+    state = fresh_state()
+    state, _ = step(state, images)          # full batch
+    state, _ = step(state, images[:3])      # the last, smaller batch
+    state, _ = step(state, images)          # cached: no new trace
+    with pytest.raises(AssertionError, match="trace"):
+        step(state, images[:5])             # a third shape would be a recompilation
+
+
+def test_epoch_covers_every_image_with_the_seeded_order(epoch_images):
+    key = jax.random.key(5)
+    order = np.asarray(train.input_pipeline.epoch_permutation(key, 20))
+    np.testing.assert_array_equal(np.sort(order), np.arange(20))
+    np.testing.assert_array_equal(
+        order, np.asarray(train.input_pipeline.epoch_permutation(key, 20)))
+    slices = train.input_pipeline.batch_slices(20, 8)
+    assert [s.stop - s.start for s in slices] == [8, 8, 4]
+
+
+@pytest.fixture(scope="module")
+def two_step_epochs(sgd_state, epoch_images):
+    """Two epochs with the step-by-step loop: (states after each epoch, summed metrics)."""
+    step = train.make_train_step(max_traces=2)
+    state = sgd_state()
+    results = []
+    for epoch in (1, 2):
+        state, sums = train.train_epoch_steps(step, state, epoch_images,
+                                              jax.random.fold_in(jax.random.key(7), epoch), 8)
+        results.append((jax.tree.map(jnp.copy, state), sums))
+    return results
+
+
+def test_scan_epoch_equals_the_step_loop(sgd_state, epoch_images, two_step_epochs):
+    epoch_fn = train.make_train_epoch(batch_size=8, max_traces=1)
+    state = sgd_state()
+    device_images = jax.device_put(epoch_images)
+    for epoch, (expected_state, expected_sums) in zip((1, 2), two_step_epochs):
+        state, sums = epoch_fn(state, device_images, jax.random.fold_in(jax.random.key(7), epoch))
+        assert_states_close(state, expected_state, rtol=2e-4, atol=2e-5)
+        chex.assert_trees_all_close(sums, expected_sums, rtol=1e-4)
+    assert int(state.step) == 6
+    moved = np.abs(state.params["decoder"]["deconv2"]["kernel"]
+                   - sgd_state().params["decoder"]["deconv2"]["kernel"]).max()
+    assert moved > 1e-3, "training must move the weights for this comparison to mean much"
+
+
+def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
+                                                      two_step_epochs):
+    step = train.make_train_step(max_traces=2)
+    state = sgd_state()
+    for epoch in (1, 2):
+        state, _ = train.train_epoch_steps(step, state, epoch_images,
+                                           jax.random.fold_in(jax.random.key(7), epoch), 8)
+    chex.assert_trees_all_equal(state.params, two_step_epochs[1][0].params)
+    chex.assert_trees_all_equal(state.batch_stats, two_step_epochs[1][0].batch_stats)
+    other = state_factory(optax.sgd(1e-5), seed=1)()
+    assert not np.allclose(other.params["decoder"]["deconv2"]["kernel"],
+                           state.params["decoder"]["deconv2"]["kernel"])
+
+
+def test_evaluate_averages_per_image(fresh_state, images):
+    state = fresh_state()
+    eval_fn = train.make_eval_step(max_traces=3)  # batches of 8, 5 and 3
+    whole = train.evaluate(eval_fn, state, images, jax.random.key(0), batch_size=8)
+    assert set(whole) == {"loss", "reconstruction", "kl"}
+    np.testing.assert_allclose(whole["loss"], whole["reconstruction"] + whole["kl"], rtol=1e-5)
+    # Eval mode: batching does not change the per-image KL (which uses no sample).
+    split = train.evaluate(eval_fn, state, images, jax.random.key(0), batch_size=5)
+    np.testing.assert_allclose(split["kl"], whole["kl"], rtol=1e-5)

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Train the course's VAE: `python train.py [--platform gpu] [--epochs 10] [--workdir runs/vae]`.
+
+A thin command line over `vae_jax.train.train_and_evaluate`; see README.md for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds' TensorFlow: errors only
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (and exit code 2), without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_args(argv=None):
+    from vae_jax.platforms import PLATFORMS
+    from vae_jax.train import EPOCH_MODES, TrainConfig
+    defaults = TrainConfig()
+    parser = OneLineParser(description="Train the DeepLearning.AI course's convolutional VAE.")
+    parser.add_argument("--platform", choices=PLATFORMS, default="auto",
+                        help="JAX backend (default: auto, the best one available)")
+    parser.add_argument("--epochs", type=positive(int), default=defaults.epochs)
+    parser.add_argument("--batch-size", type=positive(int), default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=positive(float), default=defaults.learning_rate)
+    parser.add_argument("--z-dim", type=positive(int), default=defaults.z_dim)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help="a tfds dataset of 28x28 grayscale images (mnist, fashion_mnist, "
+                             "kmnist, ...)")
+    parser.add_argument("--data-dir", default=None,
+                        help="tfds data directory (default: $TFDS_DATA_DIR or tfds' own)")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="fail at once if the dataset is not in the data directory")
+    parser.add_argument("--workdir", default="runs/vae",
+                        help="where metrics, pictures and variables go (default: runs/vae)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --workdir")
+    parser.add_argument("--train-split", default=defaults.train_split,
+                        help="tfds split to train on, e.g. 'train[:10%%]'")
+    parser.add_argument("--test-split", default=defaults.test_split)
+    parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default=defaults.epoch_mode,
+                        help="steps: a jitted step per batch; scan: the epoch as one jitted "
+                             "scan on the device; auto: steps on CPU, scan on GPU/TPU")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from vae_jax import platforms
+    try:
+        platforms.select_platform(args.platform)
+    except platforms.PlatformError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    from vae_jax.input_pipeline import DatasetError
+    from vae_jax.train import TrainConfig, train_and_evaluate
+    if not args.overwrite and os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
+        print(f"train.py: error: --workdir {args.workdir} already holds a run; "
+              f"pass --overwrite or choose another", file=sys.stderr)
+        return 2
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        z_dim=args.z_dim, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+        download=args.download, train_split=args.train_split, test_split=args.test_split,
+        epoch_mode=args.epoch_mode)
+    try:
+        train_and_evaluate(config, args.workdir, progress=args.progress)
+    except DatasetError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

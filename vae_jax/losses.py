@@ -1,0 +1,45 @@
+"""The VAE's loss: binary cross-entropy reconstruction plus KL(q(z|x) || N(0, I)), in nats.
+
+Pure functions; per-image values have shape (B,).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def reconstruction_loss(logits: jax.Array, images: jax.Array) -> jax.Array:
+    """Binary cross-entropy summed over pixels: (B, H, W, C) logits and targets -> (B,).
+
+    Targets are grayscale pixels in [0, 1] (not binarized), as in the course. Computed from
+    logits, the stable form of PyTorch's `BCELoss(sigmoid(logits))`.
+    """
+    per_pixel = optax.sigmoid_binary_cross_entropy(logits, images)
+    return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=-1)
+
+
+def kl_divergence(mean: jax.Array, stddev: jax.Array) -> jax.Array:
+    """KL(N(mean, stddev^2) || N(0, I)) summed over latent dimensions: (B, z) -> (B,).
+
+    Per dimension 0.5 * (mean^2 + stddev^2) - log(stddev) - 0.5.
+    """
+    per_dim = 0.5 * (jnp.square(mean) + jnp.square(stddev)) - jnp.log(stddev) - 0.5
+    return per_dim.sum(axis=-1)
+
+
+def vae_loss(logits: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The course's batch loss and per-image metrics.
+
+    Returns (loss, metrics): `loss` is summed over pixels, latent dimensions and images, as
+    the original optimises it; metrics are means over the batch of the per-image negative
+    ELBO (`loss`), its `reconstruction` part and its `kl` part.
+    """
+    reconstruction = reconstruction_loss(logits, images)
+    kl = kl_divergence(mean, stddev)
+    per_image = reconstruction + kl
+    metrics = {"loss": per_image.mean(), "reconstruction": reconstruction.mean(),
+               "kl": kl.mean()}
+    return per_image.sum(), metrics
