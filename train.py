@@ -54,8 +54,16 @@ def parse_args(argv=None):
                         help="fail at once if the dataset is not in the data directory")
     parser.add_argument("--workdir", default="runs/vae",
                         help="where metrics, pictures and variables go (default: runs/vae)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over instead of resuming the run in --workdir "
+                             "(with --overwrite when there is one to delete)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the results of an earlier run in --workdir")
+                        help="with --fresh: delete the earlier run's checkpoints and metrics")
+    parser.add_argument("--checkpoint-every", type=positive(int), default=None, metavar="N",
+                        help="also save a checkpoint every N steps (default: at epoch ends; "
+                             "with --epoch-mode scan only at epoch ends)")
+    parser.add_argument("--keep", type=positive(int), default=3,
+                        help="checkpoints to keep (default 3)")
     parser.add_argument("--train-split", default=defaults.train_split,
                         help="tfds split to train on, e.g. 'train[:10%%]'")
     parser.add_argument("--test-split", default=defaults.test_split)
@@ -76,22 +84,42 @@ def main(argv=None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
     from vae_jax.input_pipeline import DatasetError
-    from vae_jax.train import TrainConfig, train_and_evaluate
-    if not args.overwrite and os.path.exists(os.path.join(args.workdir, "metrics.jsonl")):
-        print(f"train.py: error: --workdir {args.workdir} already holds a run; "
-              f"pass --overwrite or choose another", file=sys.stderr)
+    from vae_jax.train import (ResumeMismatchError, TrainConfig, TrainingStopped,
+                               train_and_evaluate)
+    problem = check_workdir(args.workdir, args.fresh, args.overwrite)
+    if problem:
+        print(f"train.py: error: {problem}", file=sys.stderr)
         return 2
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         z_dim=args.z_dim, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
         download=args.download, train_split=args.train_split, test_split=args.test_split,
-        epoch_mode=args.epoch_mode)
+        epoch_mode=args.epoch_mode, checkpoint_every=args.checkpoint_every or 0,
+        keep=args.keep)
     try:
-        train_and_evaluate(config, args.workdir, progress=args.progress)
-    except DatasetError as error:
+        train_and_evaluate(config, args.workdir, progress=args.progress, fresh=args.fresh)
+    except (DatasetError, ResumeMismatchError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
+
+
+def check_workdir(workdir: str, fresh: bool, overwrite: bool) -> str | None:
+    """What is wrong with --workdir for this run (None when it is usable)."""
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        return f"--workdir {workdir}: {existing} is not a writable directory"
+    holds_run = any(os.path.exists(os.path.join(workdir, name))
+                    for name in ("checkpoints", "metrics.jsonl"))
+    if fresh and holds_run and not overwrite:
+        return (f"--fresh: --workdir {workdir} holds a run; add --overwrite to delete it "
+                f"and start over, or leave out --fresh to resume it")
+    return None
 
 
 if __name__ == "__main__":

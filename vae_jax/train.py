@@ -14,10 +14,14 @@ Two ways to run an epoch, with the same result:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -51,6 +55,8 @@ class TrainConfig:
     test_split: str = "test"
     implementation: str = "auto"  # convolution implementation, see layers.py
     epoch_mode: str = "auto"      # "steps", "scan" or "auto", see the module docstring
+    checkpoint_every: int = 0     # also checkpoint every N steps (0: at epoch ends only)
+    keep: int = 3                 # checkpoints kept
 
     def model_config(self) -> dict[str, Any]:
         return {"z_dim": self.z_dim, "im_chan": 1}
@@ -166,18 +172,26 @@ def make_train_epoch(batch_size: int, max_traces: int = 1) -> Callable:
 
 def train_epoch_steps(step_fn: Callable, state: TrainState, images: np.ndarray,
                       epoch_key: jax.Array, batch_size: int, progress: bool = False,
-                      description: str = "") -> tuple[TrainState, dict]:
-    """One epoch as a Python loop of jitted steps; returns (state, summed metrics)."""
+                      description: str = "", first_batch: int = 0, sums: dict | None = None,
+                      after_step: Callable[[TrainState, dict, dict], None] | None = None,
+                      ) -> tuple[TrainState, dict]:
+    """One epoch as a Python loop of jitted steps; returns (state, summed metrics).
+
+    `first_batch` and `sums` continue an epoch that was interrupted after that many batches;
+    `after_step(state, batch_metrics, sums)` runs after every step (checks, checkpoints).
+    """
     order = np.asarray(input_pipeline.epoch_permutation(epoch_key, images.shape[0]))
     slices = input_pipeline.batch_slices(images.shape[0], batch_size)
-    sums = None
-    with tqdm(total=images.shape[0], desc=description, unit="img", disable=not progress,
+    with tqdm(total=images.shape[0], initial=slices[first_batch].start if first_batch < len(
+            slices) else images.shape[0], desc=description, unit="img", disable=not progress,
               leave=False, dynamic_ncols=True) as bar:
-        for batch_slice in slices:
+        for batch_slice in slices[first_batch:]:
             batch = images[order[batch_slice]]
             state, metrics = step_fn(state, batch)
             weighted = jax.tree.map(lambda m: m * batch.shape[0], metrics)
             sums = weighted if sums is None else jax.tree.map(jnp.add, sums, weighted)
+            if after_step is not None:
+                after_step(state, metrics, sums)
             bar.update(batch.shape[0])
             bar.set_postfix(loss=f"{float(metrics['loss']):.1f}")
     return state, sums
@@ -201,71 +215,250 @@ def resolve_epoch_mode(epoch_mode: str) -> str:
     return epoch_mode
 
 
-def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = True,
-                       log: Callable[[str], None] = print) -> TrainState:
-    """Trains for `config.epochs` epochs, writing metrics, pictures and variables to `workdir`.
+class TrainingStopped(Exception):
+    """Training stopped before the last epoch; `exit_code` is what the command line returns."""
 
-    Per epoch: a line of `metrics.jsonl`, `reconstructions_epoch{N}.png` and
-    `samples_epoch{N}.png`. At the end: the variables (`vae_jax.load_variables(workdir)`).
+    exit_code = 1
+
+
+class NonFiniteLossError(TrainingStopped):
+    """The loss (or the parameters) stopped being finite; nothing non-finite was saved."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved first."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class ResumeMismatchError(ValueError):
+    """The flags differ from those of the run being resumed, where they must not."""
+
+
+# What a resumed run must share with the saved one for the result to be the same.
+RESUME_MUST_MATCH = ("z_dim", "batch_size", "learning_rate", "seed", "dataset", "train_split")
+
+
+def check_resumable(saved: dict, config: TrainConfig, directory: str) -> None:
+    """Raises ResumeMismatchError naming the first flag that differs from the saved run."""
+    for name in RESUME_MUST_MATCH:
+        if name in saved and saved[name] != getattr(config, name):
+            raise ResumeMismatchError(
+                f"--{name.replace('_', '-')} {getattr(config, name)} differs from "
+                f"{saved[name]} of the run saved in {directory}; pass the same value, or "
+                f"--fresh --overwrite to start over")
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Records SIGINT/SIGTERM in the yielded list instead of dying (main thread only)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _train_state_tree(state: TrainState, sums: dict | None) -> dict:
+    """The part of the train state a checkpoint keeps besides the model variables."""
+    zero = {name: jnp.zeros((), jnp.float32) for name in ("loss", "reconstruction", "kl")}
+    return {"opt_state": state.opt_state, "step": state.step,
+            "key": jax.random.key_data(state.key), "epoch_sums": sums or zero}
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
+
+
+def restore_train_state(run: checkpoints.RunCheckpoints, template: TrainState
+                        ) -> tuple[TrainState, dict | None] | None:
+    """The newest readable checkpoint as (state, the epoch's metric sums so far), or None."""
+    variables = {"params": template.params, "batch_stats": template.batch_stats}
+    restored = run.restore_newest(
+        ("variables", "train_state"),
+        targets={"variables": _abstract(variables),
+                 "train_state": _abstract(_train_state_tree(template, None))})
+    if restored is None:
+        return None
+    _, trees = restored
+    saved = trees["train_state"]
+    state = template.replace(
+        params=trees["variables"]["params"], batch_stats=trees["variables"]["batch_stats"],
+        opt_state=saved["opt_state"], step=saved["step"],
+        key=jax.random.wrap_key_data(saved["key"]))
+    return state, saved["epoch_sums"]
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(jax.device_get(tree)))
+
+
+def _save_checkpoint(run: checkpoints.RunCheckpoints, state: TrainState, sums: dict | None,
+                     config: TrainConfig) -> None:
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    if not _all_finite(variables):
+        raise NonFiniteLossError(
+            f"the parameters are not finite at step {int(state.step)}; stopped without "
+            f"saving them (the last good checkpoint in {run.directory} stays)")
+    run.save(int(state.step), variables, _train_state_tree(state, sums),
+             dataclasses.asdict(config))
+
+
+def _read_metrics(path: str, completed_epochs: int) -> list[str]:
+    """The lines of metrics.jsonl for the epochs a resumed run has already completed."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line for line in f if line.strip()
+                and json.loads(line)["epoch"] <= completed_epochs]
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = True,
+                       log: Callable[[str], None] = print, fresh: bool = False) -> TrainState:
+    """Trains for `config.epochs` epochs, resuming from the newest checkpoint in `workdir`.
+
+    Writes per epoch a line of `metrics.jsonl`, `reconstructions_epoch{N}.png`,
+    `samples_epoch{N}.png` and a checkpoint (also every `config.checkpoint_every` steps and
+    on SIGINT/SIGTERM); `vae_jax.load_variables(workdir)` reads the newest one. `fresh`
+    deletes earlier checkpoints and metrics. Raises DatasetError and ResumeMismatchError
+    before anything in `workdir` changes, and TrainingStopped subclasses when it stops early.
     """
     train_images, _ = input_pipeline.load_split(
         config.dataset, config.train_split, config.data_dir, download=config.download)
     test_images, _ = input_pipeline.load_split(
         config.dataset, config.test_split, config.data_dir, download=config.download)
-    os.makedirs(workdir, exist_ok=True)
+    run = checkpoints.RunCheckpoints(workdir, keep=config.keep)
+    try:
+        return _train(config, workdir, run, train_images, test_images, progress, log, fresh)
+    finally:
+        run.close()
+
+
+def _train(config, workdir, run, train_images, test_images, progress, log, fresh):
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    if not fresh:
+        saved_config = run.read_config()
+        if saved_config is not None:
+            check_resumable(saved_config, config, workdir)
+    elif os.path.isdir(run.directory):
+        run.close()
+        shutil.rmtree(run.directory)
 
     keys = RunKeys.from_seed(config.seed)
     model = VAE(z_dim=config.z_dim, implementation=config.implementation)
     state = create_train_state(model, make_optimizer(config.learning_rate), keys.init,
                                keys.train)
+    steps_per_epoch = -(-len(train_images) // config.batch_size)
+    restored = None if fresh else restore_train_state(run, state)
+    epoch_sums = None
+    if restored is not None:
+        state, epoch_sums = restored
+        step = int(state.step)
+        log(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch + 1}"
+            f", batch {step % steps_per_epoch}) in {run.directory}")
+    step = int(state.step)
+    first_epoch, first_batch = step // steps_per_epoch + 1, step % steps_per_epoch
+    if first_batch == 0:
+        epoch_sums = None
+    os.makedirs(workdir, exist_ok=True)
+    kept_lines = _read_metrics(metrics_path, first_epoch - 1)
+    with open(metrics_path, "w") as f:
+        f.writelines(kept_lines)
+    checkpoints.save_config(workdir, config.model_config())
+
     epoch_mode = resolve_epoch_mode(config.epoch_mode)
     eval_fn = make_eval_step()
+    step_fn = make_train_step()
     if epoch_mode == "scan":
         epoch_fn = make_train_epoch(config.batch_size)
         device_images = jax.device_put(train_images)
-    else:
-        step_fn = make_train_step()
     picture_noise_key, prior_key = jax.random.split(keys.pictures)
     prior_z = jax.random.normal(prior_key, (64, config.z_dim))
+    if first_epoch > config.epochs:
+        log(f"nothing to do: the run in {workdir} has already trained {config.epochs} epochs")
+        return state
     log(f"training on {jax.default_backend()} ({epoch_mode} epochs): {len(train_images)} "
         f"train / {len(test_images)} test images of {config.dataset}, batch {config.batch_size}")
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        epoch_key = jax.random.fold_in(keys.shuffle, epoch)
-        if epoch_mode == "scan":
-            state, sums = epoch_fn(state, device_images, epoch_key)
-        else:
-            state, sums = train_epoch_steps(
-                step_fn, state, train_images, epoch_key, config.batch_size,
-                progress=progress, description=f"epoch {epoch}/{config.epochs}")
-        train_metrics = {name: float(value) / len(train_images) for name, value in sums.items()}
-        train_seconds = time.perf_counter() - start
-        test_metrics = evaluate(eval_fn, state, test_images,
-                                jax.random.fold_in(keys.eval, epoch), config.batch_size)
-        write_pictures(state, test_images[:25], picture_noise_key, prior_z, workdir, epoch)
-        record = {
-            "epoch": epoch, "step": int(state.step),
-            "train_loss": train_metrics["loss"],
-            "train_reconstruction": train_metrics["reconstruction"],
-            "train_kl": train_metrics["kl"],
-            "test_loss": test_metrics["loss"],
-            "test_reconstruction": test_metrics["reconstruction"],
-            "test_kl": test_metrics["kl"],
-            "images_per_sec": len(train_images) / train_seconds,
-            "seconds": time.perf_counter() - start,
-        }
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log(f"epoch {epoch:3d}  train loss {record['train_loss']:8.2f}  test loss "
-            f"{record['test_loss']:8.2f} (rec {record['test_reconstruction']:.2f} + kl "
-            f"{record['test_kl']:.2f})  {record['images_per_sec']:7.0f} img/s  "
-            f"{record['seconds']:.1f} s")
-    checkpoints.save_variables(
-        workdir, {"params": state.params, "batch_stats": state.batch_stats},
-        config.model_config())
+    with stop_signals() as received:
+        def stop_if_asked(state, sums):
+            if received:
+                if not run.steps() or run.steps()[-1] != int(state.step):
+                    _save_checkpoint(run, state, sums, config)
+                name = signal.Signals(received[0]).name
+                raise TrainingInterrupted(
+                    received[0], f"stopped by {name} at step {int(state.step)}; checkpoint "
+                    f"saved in {run.directory}, run the same command again to resume")
+
+        for epoch in range(first_epoch, config.epochs + 1):
+            start = time.perf_counter()
+            epoch_key = jax.random.fold_in(keys.shuffle, epoch)
+            batches_before = first_batch if epoch == first_epoch else 0
+
+            def after_step(state, metrics, sums):
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the training loss is {loss} at step {int(state.step)} (epoch "
+                        f"{epoch}); stopped without saving it (the last good checkpoint in "
+                        f"{run.directory} stays)")
+                step = int(state.step)
+                if step % steps_per_epoch == 0:
+                    return  # the epoch's end: evaluated and saved below
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    _save_checkpoint(run, state, sums, config)
+                stop_if_asked(state, sums)
+
+            if epoch_mode == "scan" and batches_before == 0:
+                state, sums = epoch_fn(state, device_images, epoch_key)
+                if not np.isfinite(float(sums["loss"])):
+                    raise NonFiniteLossError(
+                        f"the training loss is not finite in epoch {epoch} (steps up to "
+                        f"{int(state.step)}); stopped without saving (the last good checkpoint "
+                        f"in {run.directory} stays)")
+            else:
+                state, sums = train_epoch_steps(
+                    step_fn, state, train_images, epoch_key, config.batch_size,
+                    progress=progress, description=f"epoch {epoch}/{config.epochs}",
+                    first_batch=batches_before, sums=epoch_sums if batches_before else None,
+                    after_step=after_step)
+            trained = len(train_images) - (
+                batches_before * config.batch_size if batches_before else 0)
+            train_metrics = {name: float(value) / len(train_images) for name, value in sums.items()}
+            train_seconds = time.perf_counter() - start
+            test_metrics = evaluate(eval_fn, state, test_images,
+                                    jax.random.fold_in(keys.eval, epoch), config.batch_size)
+            write_pictures(state, test_images[:25], picture_noise_key, prior_z, workdir, epoch)
+            record = {
+                "epoch": epoch, "step": int(state.step),
+                "train_loss": train_metrics["loss"],
+                "train_reconstruction": train_metrics["reconstruction"],
+                "train_kl": train_metrics["kl"],
+                "test_loss": test_metrics["loss"],
+                "test_reconstruction": test_metrics["reconstruction"],
+                "test_kl": test_metrics["kl"],
+                "images_per_sec": trained / train_seconds,
+                "seconds": time.perf_counter() - start,
+            }
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            # After the metrics line: a resumed run redoes an epoch whose checkpoint is missing
+            # and drops that epoch's line, so the file always matches the checkpoints.
+            _save_checkpoint(run, state, None, config)
+            log(f"epoch {epoch:3d}  train loss {record['train_loss']:8.2f}  test loss "
+                f"{record['test_loss']:8.2f} (rec {record['test_reconstruction']:.2f} + kl "
+                f"{record['test_kl']:.2f})  {record['images_per_sec']:7.0f} img/s  "
+                f"{record['seconds']:.1f} s")
+            stop_if_asked(state, None)
     return state
 
 

@@ -1,0 +1,222 @@
+"""Checkpoints, exact resume after a crash, signals, and refusals that leave a run intact."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import vae_jax
+from tests.conftest import REPO_ROOT
+from tests.test_cli import load_cli
+from vae_jax import checkpoints
+from vae_jax import train as train_lib
+
+NUM_EXAMPLES = 48  # 3 batches of 16 per epoch
+FLAGS = ["--epochs", "3", "--batch-size", "16", "--no-progress", "--seed", "5"]
+
+# Runs train.py in a child process on the same mock data the tests use in-process.
+CHILD = """
+import runpy, sys
+import tensorflow_datasets as tfds
+sys.argv = ["train.py"] + sys.argv[1:]
+with tfds.testing.mock_data(num_examples={n}):
+    runpy.run_path({script!r}, run_name="__main__")
+""".format(n=NUM_EXAMPLES, script=os.path.join(REPO_ROOT, "train.py"))
+
+
+def run_in_process(workdir, *extra):
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        return load_cli().main([*FLAGS, "--workdir", str(workdir),
+                                "--data-dir", str(workdir) + "-data", *extra])
+
+
+def start_child(workdir, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *FLAGS, "--workdir", str(workdir),
+         "--data-dir", str(workdir) + "-data", *extra],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, process, at_least_step, timeout=300):
+    directory = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"child ended early: {process.stderr.read()[-2000:]}")
+        if os.path.isdir(directory) and any(
+                name.isdigit() and int(name) >= at_least_step for name in os.listdir(directory)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def snapshot(directory):
+    """Every file's size and modification time under `directory`."""
+    return {os.path.join(root, name): (os.stat(os.path.join(root, name)).st_size,
+                                       os.stat(os.path.join(root, name)).st_mtime_ns)
+            for root, _, names in os.walk(directory) for name in names}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    assert run_in_process(workdir) == 0
+    return workdir
+
+
+def full_state(workdir):
+    """All arrays of the newest checkpoint: variables and optimizer state, step, key."""
+    run = checkpoints.RunCheckpoints(str(workdir))
+    try:
+        step, trees = run.restore_newest(("variables", "train_state"), quarantine=False)
+    finally:
+        run.close()
+    return step, trees
+
+
+def test_checkpoint_holds_the_whole_train_state(uninterrupted):
+    step, trees = full_state(uninterrupted)
+    assert step == 9 and int(trees["train_state"]["step"]) == 9
+    assert set(trees["train_state"]) == {"opt_state", "step", "key", "epoch_sums"}
+    assert sorted(int(name) for name in os.listdir(uninterrupted / "checkpoints")) == [3, 6, 9]
+    chex.assert_trees_all_equal(vae_jax.load_variables(str(uninterrupted)),
+                                jax.tree.map(np.asarray, trees["variables"]))
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
+    workdir = tmp_path / "killed"
+    child = start_child(workdir, "--checkpoint-every", "1")
+    wait_for_checkpoint(workdir, child, at_least_step=4)  # inside epoch 2
+    child.kill()
+    child.wait()
+    steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+    assert steps and steps[-1] < 9, steps
+    assert run_in_process(workdir, "--checkpoint-every", "1") == 0
+    expected_step, expected = full_state(uninterrupted)
+    step, resumed = full_state(workdir)
+    assert step == expected_step
+    chex.assert_trees_all_equal(resumed, expected)  # bitwise, every array
+    losses = [json.loads(line)["train_loss"] for line in open(workdir / "metrics.jsonl")]
+    expected_losses = [json.loads(line)["train_loss"]
+                       for line in open(uninterrupted / "metrics.jsonl")]
+    assert losses == expected_losses
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code):
+    workdir = tmp_path / "signalled"
+    child = start_child(workdir, "--checkpoint-every", "2")
+    wait_for_checkpoint(workdir, child, at_least_step=2)
+    child.send_signal(signum)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == code, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train.py: stopped by {signal.Signals(signum).name} at step ")
+    stopped_at = int(last.split(" at step ")[1].split(";")[0])
+    assert stopped_at in [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_make_train_step = train_lib.make_train_step
+
+    def make_poisoned_train_step(max_traces=2):
+        step_fn = real_make_train_step(max_traces)
+
+        def poisoned(state, images):
+            if int(state.step) == 3:  # the batch of step 4 holds a NaN pixel
+                images = images.copy()
+                images[0, 0, 0, 0] = np.nan
+            return step_fn(state, images)
+        return poisoned
+
+    monkeypatch.setattr(train_lib, "make_train_step", make_poisoned_train_step)
+    workdir = tmp_path / "nan"
+    with pytest.raises(train_lib.NonFiniteLossError, match="at step 4 "):
+        with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+            train_lib.train_and_evaluate(
+                train_lib.TrainConfig(epochs=3, batch_size=16, seed=5, checkpoint_every=1,
+                                      data_dir=str(tmp_path / "data")),
+                str(workdir), progress=False, log=lambda line: None)
+    steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints"))
+    assert steps[-1] == 3
+    chex.assert_tree_all_finite(vae_jax.load_variables(str(workdir)))
+
+
+def test_corrupt_newest_checkpoint_warns_and_resumes_from_the_previous(uninterrupted, tmp_path):
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, workdir)
+    for root, _, names in os.walk(workdir / "checkpoints" / "9"):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(max(os.path.getsize(path) // 3, 1))
+    with pytest.warns(UserWarning, match=r"checkpoints/9 is unreadable"):
+        assert run_in_process(workdir) == 0
+    assert (workdir / "unreadable_checkpoints" / "9").is_dir()  # kept, not deleted
+    chex.assert_trees_all_equal(full_state(workdir), full_state(uninterrupted))
+
+
+def test_half_written_checkpoint_is_ignored(uninterrupted, tmp_path):
+    """orbax writes under a temporary name and renames when complete; a crash leaves this."""
+    workdir = tmp_path / "half"
+    shutil.copytree(uninterrupted, workdir)
+    partial = workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1234"
+    shutil.copytree(workdir / "checkpoints" / "9", partial)
+    shutil.rmtree(partial / "variables")
+    assert full_state(workdir)[0] == 9
+    chex.assert_trees_all_equal(vae_jax.load_variables(str(workdir)),
+                                vae_jax.load_variables(str(uninterrupted)))
+
+
+def test_finished_run_resumes_to_nothing_and_can_be_extended(uninterrupted, tmp_path):
+    workdir = tmp_path / "extended"
+    shutil.copytree(uninterrupted, workdir)
+    before = snapshot(workdir / "checkpoints")
+    assert run_in_process(workdir) == 0
+    assert snapshot(workdir / "checkpoints") == before
+    assert run_in_process(workdir, "--epochs", "4") == 0
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and records[-1]["step"] == 12
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--z-dim", "8"], "--z-dim 8 differs from 32 of the run saved in"),
+    (["--batch-size", "8"], "--batch-size 8 differs from 16"),
+    (["--fresh"], "--fresh: --workdir"),
+])
+def test_refusals_leave_the_run_untouched(uninterrupted, tmp_path, capsys, flags, message):
+    workdir = tmp_path / "refused"
+    shutil.copytree(uninterrupted, workdir)
+    before = snapshot(workdir)
+    assert run_in_process(workdir, *flags) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert snapshot(workdir) == before
+
+
+def test_fresh_overwrite_starts_over(uninterrupted, tmp_path):
+    workdir = tmp_path / "fresh"
+    shutil.copytree(uninterrupted, workdir)
+    assert run_in_process(workdir, "--fresh", "--overwrite", "--epochs", "1") == 0
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+    assert len(open(workdir / "metrics.jsonl").readlines()) == 1
+
+
+def test_unwritable_workdir_is_refused(tmp_path, capsys):
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    assert load_cli().main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
+    assert "is not a writable directory" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert load_cli().main(["--workdir", str(locked / "run"), "--no-download"]) == 2
