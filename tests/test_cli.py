@@ -62,6 +62,24 @@ def test_cli_run_writes_every_output(mock_run):
             assert picture.format == "PNG" and min(picture.size) > 200
 
 
+def test_cli_run_writes_tensorboard_scalars_and_images(mock_run):
+    import tensorflow as tf  # reads the event files (tfds' dependency)
+    scalars, images = {}, {}
+    for path in (mock_run / "tensorboard").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images[value.tag] = value.image
+                else:
+                    scalars[value.tag] = value.simple_value
+    assert {"train/loss", "test/loss", "test/reconstruction", "test/kl",
+            "speed/images_per_sec"} <= set(scalars)
+    record = json.loads(open(mock_run / "metrics.jsonl").readline())
+    np.testing.assert_allclose(scalars["test/loss"], record["test_loss"], rtol=1e-6)
+    assert set(images) == {"reconstructions", "samples"}
+    assert images["reconstructions"].width == 2 * images["reconstructions"].height
+
+
 def test_saved_variables_load_and_run(mock_run):
     variables = vae_jax.load_variables(str(mock_run))
     assert set(variables) == {"params", "batch_stats"}

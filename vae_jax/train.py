@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from vae_jax import checkpoints, grids, input_pipeline, losses
@@ -327,7 +328,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
     """Trains for `config.epochs` epochs, resuming from the newest checkpoint in `workdir`.
 
     Writes per epoch a line of `metrics.jsonl`, `reconstructions_epoch{N}.png`,
-    `samples_epoch{N}.png` and a checkpoint (also every `config.checkpoint_every` steps and
+    `samples_epoch{N}.png`, TensorBoard events in `tensorboard/` and a checkpoint (also every `config.checkpoint_every` steps and
     on SIGINT/SIGTERM); `vae_jax.load_variables(workdir)` reads the newest one. `fresh`
     deletes earlier checkpoints and metrics. Raises DatasetError and ResumeMismatchError
     before anything in `workdir` changes, and TrainingStopped subclasses when it stops early.
@@ -389,7 +390,7 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
     log(f"training on {jax.default_backend()} ({epoch_mode} epochs): {len(train_images)} "
         f"train / {len(test_images)} test images of {config.dataset}, batch {config.batch_size}")
 
-    with stop_signals() as received:
+    with stop_signals() as received, SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
         def stop_if_asked(state, sums):
             if received:
                 if not run.steps() or run.steps()[-1] != int(state.step):
@@ -437,7 +438,8 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
             train_seconds = time.perf_counter() - start
             test_metrics = evaluate(eval_fn, state, test_images,
                                     jax.random.fold_in(keys.eval, epoch), config.batch_size)
-            write_pictures(state, test_images[:25], picture_noise_key, prior_z, workdir, epoch)
+            mosaics = write_pictures(state, test_images[:25], picture_noise_key, prior_z,
+                                     workdir, epoch)
             record = {
                 "epoch": epoch, "step": int(state.step),
                 "train_loss": train_metrics["loss"],
@@ -451,6 +453,7 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
             }
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            log_to_tensorboard(writer, record, mosaics, epoch)
             # After the metrics line: a resumed run redoes an epoch whose checkpoint is missing
             # and drops that epoch's line, so the file always matches the checkpoints.
             _save_checkpoint(run, state, None, config)
@@ -470,13 +473,31 @@ def _reconstruct_and_sample(apply_fn, variables, images, key, prior_z):
 
 
 def write_pictures(state: TrainState, images: np.ndarray, key: jax.Array, prior_z: jax.Array,
-                   workdir: str, epoch: int) -> None:
-    """Writes the epoch's reconstruction grid and prior samples as PNG files."""
+                   workdir: str, epoch: int) -> dict[str, np.ndarray]:
+    """Writes the epoch's reconstruction grid and prior samples as PNG files.
+
+    Returns the two mosaics (2-D arrays in [0, 1]) for TensorBoard.
+    """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    reconstructions, samples = _reconstruct_and_sample(
-        state.apply_fn, variables, images, key, prior_z)
+    reconstructions, samples = jax.device_get(_reconstruct_and_sample(
+        state.apply_fn, variables, images, key, prior_z))
     grids.save_reconstructions(
         os.path.join(workdir, f"reconstructions_epoch{epoch}.png"), images,
-        np.asarray(reconstructions), title=f"epoch {epoch}")
+        reconstructions, title=f"epoch {epoch}")
     grids.save_samples(os.path.join(workdir, f"samples_epoch{epoch}.png"),
-                          np.asarray(samples), title=f"samples from the prior, epoch {epoch}")
+                       samples, title=f"samples from the prior, epoch {epoch}")
+    return {"reconstructions": np.concatenate(
+                [grids.tile(images, columns=5), grids.tile(reconstructions, columns=5)], axis=1),
+            "samples": grids.tile(samples)}
+
+
+def log_to_tensorboard(writer: SummaryWriter, record: dict, mosaics: dict, epoch: int) -> None:
+    """The epoch's scalars (train/…, test/…, speed/…) and image grids."""
+    for name, value in record.items():
+        if name.startswith(("train_", "test_")):
+            writer.add_scalar(name.replace("_", "/", 1), value, epoch)
+    writer.add_scalar("speed/images_per_sec", record["images_per_sec"], epoch)
+    writer.add_scalar("speed/epoch_seconds", record["seconds"], epoch)
+    for name, mosaic in mosaics.items():
+        writer.add_image(name, mosaic, epoch, dataformats="HW")
+    writer.flush()
