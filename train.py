@@ -35,7 +35,7 @@ def positive(kind):
 
 def parse_args(argv=None):
     from vae_jax.platforms import PLATFORMS
-    from vae_jax.train import EPOCH_MODES, TrainConfig
+    from vae_jax.train import BINARIZE_MODES, EPOCH_MODES, TrainConfig
     defaults = TrainConfig()
     parser = OneLineParser(description="Train the DeepLearning.AI course's convolutional VAE.")
     parser.add_argument("--platform", choices=PLATFORMS, default="auto",
@@ -67,6 +67,10 @@ def parse_args(argv=None):
     parser.add_argument("--train-split", default=defaults.train_split,
                         help="tfds split to train on, e.g. 'train[:10%%]'")
     parser.add_argument("--test-split", default=defaults.test_split)
+    parser.add_argument("--binarize", choices=BINARIZE_MODES, default=defaults.binarize,
+                        help="dynamic: train and test on Bernoulli(pixel) images, redrawn "
+                             "every batch, as the literature does (default: none, grayscale "
+                             "targets as in the course)")
     parser.add_argument("--epoch-mode", choices=EPOCH_MODES, default=defaults.epoch_mode,
                         help="steps: a jitted step per batch; scan: the epoch as one jitted "
                              "scan on the device; auto: steps on CPU, scan on GPU/TPU")
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         z_dim=args.z_dim, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
         download=args.download, train_split=args.train_split, test_split=args.test_split,
-        epoch_mode=args.epoch_mode, checkpoint_every=args.checkpoint_every or 0,
+        epoch_mode=args.epoch_mode, binarize=args.binarize, checkpoint_every=args.checkpoint_every or 0,
         keep=args.keep)
     try:
         train_and_evaluate(config, args.workdir, progress=args.progress, fresh=args.fresh)

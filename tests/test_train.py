@@ -212,3 +212,27 @@ def test_evaluate_averages_per_image(fresh_state, images):
     # Eval mode: batching does not change the per-image KL (which uses no sample).
     split = train.evaluate(eval_fn, state, images, jax.random.key(0), batch_size=5)
     np.testing.assert_allclose(split["kl"], whole["kl"], rtol=1e-5)
+
+
+def test_dynamic_binarization_trains_on_binary_draws(fresh_state, images):
+    state = fresh_state()
+    step = jax.jit(train.train_step, static_argnums=2)
+    _, gray = step(state, images, False)
+    _, binary = step(state, images, True)
+    _, binary_again = step(state, images, True)
+    chex.assert_trees_all_equal(binary, binary_again)     # the draw comes from the state's key
+    assert abs(float(binary["loss"]) - float(gray["loss"])) > 1.0
+
+
+def test_dynamic_binarization_keeps_binary_images(fresh_state):
+    """Bernoulli(0 or 1) is the image itself: the eval-mode KL (no sample) is unchanged."""
+    state = fresh_state()
+    binary_images = (np.random.default_rng(2).uniform(size=(4, 28, 28, 1)) > 0.5).astype(
+        np.float32)
+    gray_images = binary_images * 0.5 + 0.25
+    evaluate = jax.jit(train.eval_step, static_argnums=3)
+    key = jax.random.key(0)
+    chex.assert_trees_all_close(evaluate(state, binary_images, key, True)["kl"],
+                                evaluate(state, binary_images, key, False)["kl"], rtol=1e-6)
+    assert not np.allclose(evaluate(state, gray_images, key, True)["kl"],
+                           evaluate(state, gray_images, key, False)["kl"], rtol=1e-3)

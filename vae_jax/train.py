@@ -35,9 +35,11 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from vae_jax import checkpoints, grids, input_pipeline, losses
+from vae_jax.binarize import binarize as binarize_images
 from vae_jax.models import IMAGE_SIZE, VAE
 
 EPOCH_MODES = ("auto", "steps", "scan")
+BINARIZE_MODES = ("none", "dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,7 @@ class TrainConfig:
     test_split: str = "test"
     implementation: str = "auto"  # convolution implementation, see layers.py
     epoch_mode: str = "auto"      # "steps", "scan" or "auto", see the module docstring
+    binarize: str = "none"        # "dynamic": Bernoulli(pixel) images, redrawn every batch
     checkpoint_every: int = 0     # also checkpoint every N steps (0: at epoch ends only)
     keep: int = 3                 # checkpoints kept
 
@@ -101,13 +104,19 @@ def create_train_state(model: VAE, optimizer: optax.GradientTransformation,
                              batch_stats=variables["batch_stats"], key=train_key)
 
 
-def train_step(state: TrainState, images: jax.Array) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, images: jax.Array, binarize: bool = False
+               ) -> tuple[TrainState, dict]:
     """One Adam step on a batch (B, 28, 28, C); returns the new state and batch metrics.
 
     Metrics are the batch means (per image, before the update) of `loss`, `reconstruction`
-    and `kl`. The state's key is split: one half samples z now, the other is kept.
+    and `kl`. The state's key is split: one part samples z now, the other is kept. With
+    `binarize`, a third part draws the batch's binary images (input and target).
     """
-    key, sample_key = jax.random.split(state.key)
+    if binarize:
+        key, sample_key, binarize_key = jax.random.split(state.key, 3)
+        images = binarize_images(binarize_key, images)
+    else:
+        key, sample_key = jax.random.split(state.key)
 
     def loss_fn(params):
         (logits, mean, stddev), updates = state.apply_fn(
@@ -121,8 +130,12 @@ def train_step(state: TrainState, images: jax.Array) -> tuple[TrainState, dict]:
     return state, metrics
 
 
-def eval_step(state: TrainState, images: jax.Array, key: jax.Array) -> dict:
+def eval_step(state: TrainState, images: jax.Array, key: jax.Array, binarize: bool = False
+              ) -> dict:
     """Sums over a batch of the single-sample negative ELBO and its parts, in eval mode."""
+    if binarize:
+        key, binarize_key = jax.random.split(key)
+        images = binarize_images(binarize_key, images)
     logits, mean, stddev = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats}, images, key, train=False)
     reconstruction = losses.reconstruction_loss(logits, images)
@@ -131,19 +144,26 @@ def eval_step(state: TrainState, images: jax.Array, key: jax.Array) -> dict:
             "kl": kl.sum()}
 
 
-def make_train_step(max_traces: int = 2) -> Callable:
+def make_train_step(max_traces: int = 2, binarize: bool = False) -> Callable:
     """`train_step` jitted with its state donated, compiled at most `max_traces` times.
 
     A run needs two compilations: the full batch and the last, smaller one.
     """
-    return jax.jit(chex.assert_max_traces(train_step, n=max_traces), donate_argnums=0)
+    def step(state, images):
+        return train_step(state, images, binarize)
+
+    return jax.jit(chex.assert_max_traces(step, n=max_traces), donate_argnums=0)
 
 
-def make_eval_step(max_traces: int = 2) -> Callable:
-    return jax.jit(chex.assert_max_traces(eval_step, n=max_traces))
+def make_eval_step(max_traces: int = 2, binarize: bool = False) -> Callable:
+    def step(state, images, key):
+        return eval_step(state, images, key, binarize)
+
+    return jax.jit(chex.assert_max_traces(step, n=max_traces))
 
 
-def make_train_epoch(batch_size: int, max_traces: int = 1) -> Callable:
+def make_train_epoch(batch_size: int, max_traces: int = 1, binarize: bool = False
+                     ) -> Callable:
     """The whole epoch as one jitted function of (state, images on device, epoch key).
 
     Returns (state, sums) where sums are the per-image metrics summed over the epoch. Data
@@ -156,14 +176,14 @@ def make_train_epoch(batch_size: int, max_traces: int = 1) -> Callable:
         num_full = num_examples // batch_size
 
         def body(state, batch_indices):
-            state, metrics = train_step(state, images[batch_indices])
+            state, metrics = train_step(state, images[batch_indices], binarize)
             return state, metrics
 
         state, metrics = jax.lax.scan(
             body, state, order[:num_full * batch_size].reshape(num_full, batch_size))
         sums = jax.tree.map(lambda m: m.sum() * batch_size, metrics)
         if num_examples % batch_size:
-            state, last = train_step(state, images[order[num_full * batch_size:]])
+            state, last = train_step(state, images[order[num_full * batch_size:]], binarize)
             rest = num_examples - num_full * batch_size
             sums = jax.tree.map(lambda s, m: s + m * rest, sums, last)
         return state, sums
@@ -239,7 +259,8 @@ class ResumeMismatchError(ValueError):
 
 
 # What a resumed run must share with the saved one for the result to be the same.
-RESUME_MUST_MATCH = ("z_dim", "batch_size", "learning_rate", "seed", "dataset", "train_split")
+RESUME_MUST_MATCH = ("z_dim", "batch_size", "learning_rate", "seed", "dataset", "train_split",
+                     "binarize")
 
 
 def check_resumable(saved: dict, config: TrainConfig, directory: str) -> None:
@@ -376,11 +397,14 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
         f.writelines(kept_lines)
     checkpoints.save_config(workdir, config.model_config())
 
+    if config.binarize not in BINARIZE_MODES:
+        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {config.binarize!r}")
+    binarize = config.binarize == "dynamic"
     epoch_mode = resolve_epoch_mode(config.epoch_mode)
-    eval_fn = make_eval_step()
-    step_fn = make_train_step()
+    eval_fn = make_eval_step(binarize=binarize)
+    step_fn = make_train_step(binarize=binarize)
     if epoch_mode == "scan":
-        epoch_fn = make_train_epoch(config.batch_size)
+        epoch_fn = make_train_epoch(config.batch_size, binarize=binarize)
         device_images = jax.device_put(train_images)
     picture_noise_key, prior_key = jax.random.split(keys.pictures)
     prior_z = jax.random.normal(prior_key, (64, config.z_dim))
