@@ -203,9 +203,9 @@ def train_epoch_steps(step_fn: Callable, state: TrainState, images: np.ndarray,
     """
     order = np.asarray(input_pipeline.epoch_permutation(epoch_key, images.shape[0]))
     slices = input_pipeline.batch_slices(images.shape[0], batch_size)
-    with tqdm(total=images.shape[0], initial=slices[first_batch].start if first_batch < len(
-            slices) else images.shape[0], desc=description, unit="img", disable=not progress,
-              leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=images.shape[0], initial=min(first_batch * batch_size, images.shape[0]),
+              desc=description, unit="img", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
         for batch_slice in slices[first_batch:]:
             batch = images[order[batch_slice]]
             state, metrics = step_fn(state, batch)
@@ -456,8 +456,7 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
                     progress=progress, description=f"epoch {epoch}/{config.epochs}",
                     first_batch=batches_before, sums=epoch_sums if batches_before else None,
                     after_step=after_step)
-            trained = len(train_images) - (
-                batches_before * config.batch_size if batches_before else 0)
+            trained = len(train_images) - batches_before * config.batch_size
             train_metrics = {name: float(value) / len(train_images) for name, value in sums.items()}
             train_seconds = time.perf_counter() - start
             test_metrics = evaluate(eval_fn, state, test_images,
