@@ -1,0 +1,75 @@
+"""`python -m vae_jax.plots`: the four pictures, and the helpers behind them."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import vae_jax
+from tests.evaluation_helpers import save_untrained
+from vae_jax import plots
+
+PICTURES = ("training_curves.png", "interpolations.png", "latent_map.png", "kl_per_dim.png")
+
+
+@pytest.fixture(scope="module")
+def plotted_run(tmp_path_factory):
+    """An untrained model with a two-epoch metrics.jsonl, plotted on 30 mock images."""
+    workdir = tmp_path_factory.mktemp("run")
+    save_untrained(workdir)
+    with open(workdir / "metrics.jsonl", "w") as f:
+        for epoch, (train, test) in enumerate(((209.2, 149.5), (132.9, 121.2)), start=1):
+            f.write(json.dumps({"epoch": epoch, "train_loss": train, "test_loss": test}) + "\n")
+    with tfds.testing.mock_data(num_examples=30):
+        status = plots.main(["--workdir", str(workdir), "--data-dir", str(workdir / "data")])
+    assert status == 0
+    return workdir
+
+
+@pytest.mark.parametrize("name, min_size", [
+    ("training_curves.png", (400, 250)), ("interpolations.png", (500, 400)),
+    ("latent_map.png", (500, 450)), ("kl_per_dim.png", (500, 250))])
+def test_each_picture_is_a_sensible_png(plotted_run, name, min_size):
+    with Image.open(plotted_run / name) as picture:
+        assert picture.format == "PNG"
+        width, height = picture.size
+        assert width >= min_size[0] and height >= min_size[1]
+        assert width <= 3000 and height <= 3000
+        colours = np.asarray(picture.convert("L"))
+    assert colours.std() > 5  # not blank
+
+
+def test_without_metrics_the_curves_are_skipped(tmp_path, capsys):
+    save_untrained(tmp_path)
+    model, variables, _ = vae_jax.evaluate.load_model(str(tmp_path))
+    images = np.random.default_rng(0).uniform(size=(12, 28, 28, 1)).astype(np.float32)
+    written = plots.make_plots(str(tmp_path), model, variables, images, np.arange(12) % 10)
+    assert [p.rsplit("/", 1)[1] for p in written] == list(PICTURES[1:])
+    assert "no training curves" in capsys.readouterr().out
+
+
+def test_pca_keeps_the_two_main_directions():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(500, 5)) * np.array([5.0, 0.01, 2.0, 0.01, 0.01])
+    projected, explained = plots.pca_2d(points)
+    assert projected.shape == (500, 2) and explained > 0.99
+    np.testing.assert_allclose(np.abs(np.corrcoef(projected[:, 0], points[:, 0])[0, 1]), 1,
+                               atol=1e-3)
+    two, kept = plots.pca_2d(points[:, :2])
+    np.testing.assert_array_equal(two, points[:, :2]) and kept == 1.0
+
+
+def test_interpolation_runs_from_start_to_end():
+    path = plots.interpolate(np.zeros(3), np.array([1.0, 2.0, 4.0]), 5)
+    np.testing.assert_allclose(path[0], 0) and np.testing.assert_allclose(path[-1], [1, 2, 4])
+    np.testing.assert_allclose(path[2], [0.5, 1, 2])
+
+
+def test_pairs_are_of_the_chosen_digits_and_distinct_images():
+    labels = np.array([3, 0, 6, 1, 7, 2, 8, 4, 9, 5, 3, 8, 7, 9, 1, 4])
+    pairs = plots.choose_pairs(labels)
+    assert [(labels[a], labels[b]) for a, b in pairs[:5]] == list(plots.DIGIT_PAIRS[:5])
+    flat = [index for pair in pairs for index in pair]
+    assert len(set(flat)) == len(flat)
