@@ -6,34 +6,14 @@ A thin command line over `vae_jax.train.train_and_evaluate`; see README.md for t
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds' TensorFlow: errors only
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line (and exit code 2), without the usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def parse_args(argv=None):
+    from vae_jax.cli import OneLineParser, positive
     from vae_jax.platforms import PLATFORMS
     from vae_jax.train import BINARIZE_MODES, EPOCH_MODES, TrainConfig
     defaults = TrainConfig()

@@ -408,22 +408,7 @@ def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int
 # ---------------------------------------------------------------------------------------------
 # Command line (shared by vae_jax.sample and vae_jax.plots).
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line (and exit code 2), without the usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+from vae_jax.cli import OneLineParser, positive_int  # noqa: E402  (re-exported for them)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, data: bool = True) -> None:
