@@ -186,7 +186,8 @@ def test_scan_epoch_equals_the_step_loop(sgd_state, epoch_images, two_step_epoch
     assert int(state.step) == 6
     moved = np.abs(state.params["decoder"]["deconv2"]["kernel"]
                    - sgd_state().params["decoder"]["deconv2"]["kernel"]).max()
-    assert moved > 1e-3, "training must move the weights for this comparison to mean much"
+    # Ten times the comparison's tolerance: the equality above is not just "nothing moved".
+    assert moved > 10 * 2e-5, "training must move the weights for this comparison to mean much"
 
 
 def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
