@@ -73,9 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=_positive_int, default=1024)
     parser.add_argument("--steps", type=_positive_int, default=10,
                         help="timed steps per round (default 10)")
-    parser.add_argument("--rounds", type=_positive_int, default=1,
-                        help="timing rounds; with --vs-torch JAX and PyTorch alternate "
-                             "round by round (default 1)")
+    parser.add_argument("--rounds", type=_positive_int, default=None,
+                        help="timing rounds of --steps steps; with --vs-torch JAX and PyTorch "
+                             "alternate round by round (default 1, or 3 with --vs-torch)")
     parser.add_argument("--warmup", type=_non_negative_int, default=2,
                         help="untimed steps after compilation (default 2)")
     parser.add_argument("--implementation", choices=IMPLEMENTATION_CHOICES, default="auto",
@@ -90,7 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the summary lines")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.vs_torch else 1
+    return args
 
 
 def num_threads() -> int:
@@ -266,22 +269,26 @@ def benchmark_implementation(args, implementation: str, images: np.ndarray,
     runner = JaxRunner.build(implementation, images, args.seed)
     for _ in range(args.warmup):
         runner.step()
-    jax_times, torch_times = [], []
+    jax_times, torch_times, round_medians = [], [], []
     memory = None
     for _ in range(args.rounds):
         jax_times += time_steps(runner.step, args.steps)
+        round_medians.append(round(1e3 * statistics.median(jax_times[-args.steps:]), 2))
         if memory is None:
             memory = jax_peak_memory_bytes()
         torch_runner = get_torch()
         if torch_runner is not None:
             torch_times += time_steps(torch_runner.step, args.steps)
+            round_medians.append(round(1e3 * statistics.median(torch_times[-args.steps:]), 2))
     from vae_jax.layers import resolve_implementation
     result = {"implementation": implementation,
               "resolved_implementation": resolve_implementation(implementation),
               **summarize(jax_times, args.batch_size),
               "compile_seconds": round(runner.compile_seconds, 2),
               "peak_memory_bytes": memory[0], "peak_memory_kind": memory[1],
-              "timed_steps": len(jax_times)}
+              "timed_steps": len(jax_times),
+              # Median ms/step of each round in the order run (JAX, PyTorch, JAX, ...).
+              "round_medians_ms": round_medians}
     if torch_times:
         torch_summary = summarize(torch_times, args.batch_size)
         result.update({f"torch_{name}": value for name, value in torch_summary.items()})
