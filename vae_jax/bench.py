@@ -33,27 +33,12 @@ from typing import Callable
 
 import numpy as np
 
+from vae_jax.cli import OneLineParser, positive_int
+
 IMPLEMENTATION_CHOICES = ("auto", "xla", "matmul", "all")
 TORCH_HINT = "--vs-torch needs PyTorch: pip install torch==2.13.0"
 IMAGE_SIZE = 28
 LEARNING_RATE = 2e-3  # the course's Adam learning rate
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line (and exit code 2), without the usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -70,10 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from vae_jax.platforms import PLATFORMS
     parser = OneLineParser(prog="python -m vae_jax.bench",
                            description="Time the VAE's jitted training step.")
-    parser.add_argument("--batch-size", type=_positive_int, default=1024)
-    parser.add_argument("--steps", type=_positive_int, default=10,
+    parser.add_argument("--batch-size", type=positive_int, default=1024)
+    parser.add_argument("--steps", type=positive_int, default=10,
                         help="timed steps per round (default 10)")
-    parser.add_argument("--rounds", type=_positive_int, default=None,
+    parser.add_argument("--rounds", type=positive_int, default=None,
                         help="timing rounds of --steps steps; with --vs-torch JAX and PyTorch "
                              "alternate round by round (default 1, or 3 with --vs-torch)")
     parser.add_argument("--warmup", type=_non_negative_int, default=2,
