@@ -354,6 +354,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
     deletes earlier checkpoints and metrics. Raises DatasetError and ResumeMismatchError
     before anything in `workdir` changes, and TrainingStopped subclasses when it stops early.
     """
+    if config.binarize not in BINARIZE_MODES:
+        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {config.binarize!r}")
+    resolve_epoch_mode(config.epoch_mode)  # a bad mode fails here, before any write
     train_images, _ = input_pipeline.load_split(
         config.dataset, config.train_split, config.data_dir, download=config.download)
     test_images, _ = input_pipeline.load_split(
@@ -384,11 +387,11 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
     epoch_sums = None
     if restored is not None:
         state, epoch_sums = restored
-        step = int(state.step)
-        log(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch + 1}"
-            f", batch {step % steps_per_epoch}) in {run.directory}")
     step = int(state.step)
     first_epoch, first_batch = step // steps_per_epoch + 1, step % steps_per_epoch
+    if restored is not None:
+        log(f"resuming from the checkpoint at step {step} (epoch {first_epoch}, batch "
+            f"{first_batch}) in {run.directory}")
     if first_batch == 0:
         epoch_sums = None
     os.makedirs(workdir, exist_ok=True)
@@ -397,8 +400,6 @@ def _train(config, workdir, run, train_images, test_images, progress, log, fresh
         f.writelines(kept_lines)
     checkpoints.save_config(workdir, config.model_config())
 
-    if config.binarize not in BINARIZE_MODES:
-        raise ValueError(f"binarize must be one of {BINARIZE_MODES}, got {config.binarize!r}")
     binarize = config.binarize == "dynamic"
     epoch_mode = resolve_epoch_mode(config.epoch_mode)
     eval_fn = make_eval_step(binarize=binarize)
