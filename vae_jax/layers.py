@@ -20,17 +20,24 @@ Two implementations compute each convolution:
   their automatic derivatives.
 * `"matmul"`: one matrix multiply per pass plus index shuffling, with a hand-written
   backward pass (`jax.custom_vjp`; so no forward-mode `jax.jvp` through these layers).
-  A convolution gathers its input's patches ("im2col", one `gather`) and multiplies them by
-  the kernel; a transposed convolution multiplies its input by the kernel into
-  per-kernel-offset blocks and sums the blocks that overlap each output pixel ("col2im", one
-  `gather` of the at most ceil(k/s)^2 contributions per pixel and a sum). Each one's backward
+  A convolution gathers its input's patches ("im2col": one `gather`, or strided slices for
+  inputs with few channels) and multiplies them by the kernel; a transposed convolution
+  multiplies its input by the kernel into per-kernel-offset blocks and sums the blocks that
+  overlap each output pixel ("col2im": one `gather` of the at most ceil(k/s)^2
+  contributions per pixel, and a sum). Each one's backward
   pass is the other's forward pass plus one matmul for the kernel gradient, so no pass ever
   runs a convolution or a scatter.
 
 XLA:CPU runs transposed and backward convolutions very slowly (a training step of this
-VAE took ~8 s at batch 1024 with `"xla"`); `"matmul"` takes a few tenths of a second. The
-default `"auto"` takes `"matmul"` on CPU and `"xla"` on GPU/TPU (not measured there). Both
-give the same values and gradients within float32 rounding (tests/test_layers.py).
+VAE took ~8 s at batch 1024 with `"xla"` on 2 cores, several times the `"matmul"` step; the
+README's Performance section has the measurements, `python -m vae_jax.bench` repeats them).
+The default `"auto"` takes `"matmul"` on CPU and `"xla"` on
+GPU/TPU (not measured there). Both give the same values and gradients within float32
+rounding (tests/test_layers.py).
+
+BatchNorm's training mode also has a hand-written backward pass (`batch_norm_train`): two
+reductions and one elementwise pass, about half the passes over the activations that XLA
+makes of the automatically differentiated formula.
 """
 
 from __future__ import annotations
@@ -126,7 +133,8 @@ def _col2im_indices(height: int, width: int, kernel_h: int, kernel_w: int,
     """Per output pixel, the flat (i, j, p, q) block entries that land on it, and their count.
 
     Returns (index, per_pixel): index has Ho*Wo*per_pixel entries, `per_pixel` for each output
-    pixel in row-major order; unused slots hold -1 (out of bounds: gathered as 0).
+    pixel in row-major order. Unused slots hold H*W*kH*kW, one past the last entry, which
+    the gather reads as 0 (-1 would wrap around to the last entry).
     """
     rows = _contributors(height, kernel_h, stride)
     cols = _contributors(width, kernel_w, stride)
