@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -48,6 +49,42 @@ def test_without_metrics_the_curves_are_skipped(tmp_path, capsys):
     written = plots.make_plots(str(tmp_path), model, variables, images, np.arange(12) % 10)
     assert [p.rsplit("/", 1)[1] for p in written] == list(PICTURES[1:])
     assert "no training curves" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, binary", [([], False), (["--binarize", "dynamic"], True)])
+def test_the_encoder_sees_binary_images_when_binarized(tmp_path, monkeypatch, flags, binary):
+    save_untrained(tmp_path)
+    seen = []
+    monkeypatch.setattr(plots, "make_plots",
+                        lambda workdir, model, variables, images, labels: seen.append(images)
+                        or [])
+    with tfds.testing.mock_data(num_examples=10):
+        assert plots.main(["--workdir", str(tmp_path), "--data-dir", str(tmp_path / "data"),
+                           *flags]) == 0
+    (images,) = seen
+    chex.assert_shape(images, (10, 28, 28, 1))
+    assert np.isin(images, (0.0, 1.0)).all() == binary
+
+
+def curves_figure(records, monkeypatch):
+    """The matplotlib figure plot_training_curves draws for `records`."""
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure))
+    plots.plot_training_curves(records, "unused.png")
+    return saved[0]
+
+
+def test_long_runs_get_a_panel_without_the_first_epochs(monkeypatch):
+    records = [{"epoch": epoch, "train_loss": 90 + 120 / epoch, "test_loss": 92 + 60 / epoch}
+               for epoch in range(1, 101)]
+    short = curves_figure(records[:plots.ZOOM_AFTER_EPOCHS], monkeypatch)
+    assert len(short.axes) == 1
+    assert short.axes[0].get_xlim() == (0.5, plots.ZOOM_AFTER_EPOCHS + 0.5)
+    full, zoomed = curves_figure(records, monkeypatch).axes
+    assert full.get_xlim() == (0.5, 100.5)
+    assert zoomed.get_xlim() == (10.5, 100.5)
+    assert zoomed.get_ylim()[1] < 90 + 120 / 10  # epoch 1-10's losses don't set the scale
+    assert zoomed.get_title() == "from epoch 11"
 
 
 def test_pca_keeps_the_two_main_directions():

@@ -428,6 +428,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, data: bool = True) -> 
                             help="fail at once if the dataset is not in the data directory")
 
 
+def add_binarize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--binarize", choices=BINARIZE_MODES, default=None,
+                        help="none: grayscale images, as the course trains; dynamic: one "
+                             "Bernoulli(pixel) draw per image, comparable with the literature "
+                             "(default: what the run was trained with, else none)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def chosen_binarize_mode(args: argparse.Namespace) -> str:
+    """--binarize, else what the run in --workdir was trained with, else "none"."""
+    return args.binarize or training_binarize(args.workdir) or "none"
+
+
 def select_platform(prog: str, platform: str) -> bool:
     from vae_jax import platforms
     try:
@@ -450,11 +463,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{DECODES_PER_CALL} decoded images per call)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--binarize", choices=BINARIZE_MODES, default=None,
-                        help="none: grayscale targets, as the course trains; dynamic: one "
-                             "Bernoulli(pixel) draw per image, comparable with the literature "
-                             "(default: what the run was trained with, else none)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_binarize_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
@@ -506,10 +515,10 @@ def main(argv=None) -> int:
         model, variables, _ = load_model(args.workdir)
         images, _ = load_images(args)
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        binarize_mode = args.binarize or training_binarize(args.workdir) or "none"
         result = evaluate_model(model, variables, images, seed=args.seed,
                                 iwae_samples=args.iwae_samples, batch_size=args.batch_size,
-                                chunk_size=args.iwae_chunk, binarize_mode=binarize_mode,
+                                chunk_size=args.iwae_chunk,
+                                binarize_mode=chosen_binarize_mode(args),
                                 progress=progress)
     except (EvaluationError, DatasetError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@
 writes into RUN:
 
 * `training_curves.png`: train and test loss (negative ELBO per image, nats) per epoch, from
-  RUN/metrics.jsonl (skipped, with a note, when the directory has none);
+  RUN/metrics.jsonl (skipped, with a note, when the directory has none), with a second
+  panel without the first tenth of the epochs for runs longer than 20 epochs;
 * `interpolations.png`: each row decodes points on the straight line between the posterior
   means of two test images of different digits, with the two inputs at the ends;
 * `latent_map.png`: the test images' posterior means in 2-D, coloured by label (projected
@@ -13,7 +14,10 @@ writes into RUN:
 * `kl_per_dim.png`: the mean KL(q(z|x) || N(0, 1)) of each latent dimension over the test
   images, largest first, active units (variance of E[z|x] > 0.01) coloured.
 
-Everything runs in eval mode; interpolations and means use no sampling.
+Everything runs in eval mode; interpolations and means use no sampling. The images are
+binarized (one Bernoulli(pixel) draw each, from --seed) when the run was trained with
+`--binarize dynamic` or when `--binarize dynamic` is given, so the encoder sees what it was
+trained on.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vae_jax import evaluate, grids  # noqa: E402
+from vae_jax.binarize import binarize  # noqa: E402
 from vae_jax.models import VAE  # noqa: E402
 
 # Pairs of digits to interpolate between, one row each.
@@ -49,26 +55,47 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# Runs longer than this get a second panel without the first epochs, whose losses would
+# otherwise set the scale and flatten the rest of the curve.
+ZOOM_AFTER_EPOCHS = 20
+
+
 def plot_training_curves(records: list[dict], path: str) -> None:
-    """Train and test loss (negative ELBO per image, nats) against the epoch."""
+    """Train and test loss (negative ELBO per image, nats) against the epoch.
+
+    Past ZOOM_AFTER_EPOCHS epochs, a second panel shows the epochs after the first tenth.
+    """
+    panels = [records]
+    if len(records) > ZOOM_AFTER_EPOCHS:
+        panels.append(records[len(records) // 10:])
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2),
+                                squeeze=False)
+    for axis, shown in zip(axes[0], panels):
+        _plot_losses(axis, shown)
+    axes[0][0].set_title("Training curves")
+    if len(panels) > 1:
+        axes[0][1].set_title(f"from epoch {panels[1][0]['epoch']}")
+    _save(figure, path)
+
+
+def _plot_losses(axis, records: list[dict]) -> None:
     epochs = [record["epoch"] for record in records]
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for key, label, style in (("train_loss", "train (epoch mean, training mode)", "o-"),
                               ("test_loss", "test (after the epoch, eval mode)", "s-")):
         values = [record.get(key) for record in records]
         if any(value is not None for value in values):
-            axis.plot(epochs, values, style, label=label)
+            axis.plot(epochs, values, style, label=label,
+                      markersize=6 if len(epochs) <= ZOOM_AFTER_EPOCHS else 2)
     if records:
         last = records[-1]
         axis.annotate(f"{last['test_loss']:.1f}", (last["epoch"], last["test_loss"]),
                       textcoords="offset points", xytext=(0, 8), ha="center")
+        axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+        axis.legend()
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss per image (BCE + KL, nats)")
-    axis.set_xticks(epochs if len(epochs) <= 20 else axis.get_xticks())
-    axis.set_title("Training curves")
     axis.grid(alpha=0.3)
-    axis.legend()
-    _save(figure, path)
 
 
 def choose_pairs(labels: np.ndarray, rows: int = len(DIGIT_PAIRS)) -> list[tuple[int, int]]:
@@ -237,6 +264,7 @@ def parse_args(argv=None):
         description="Training curves, interpolations, latent map and KL per dimension of a "
                     "trained VAE, written into its run directory.")
     evaluate.add_common_arguments(parser)
+    evaluate.add_binarize_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -252,6 +280,8 @@ def main(argv=None) -> int:
     except (evaluate.EvaluationError, DatasetError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    if evaluate.chosen_binarize_mode(args) == "dynamic":  # what the encoder saw in training
+        images = np.asarray(binarize(jax.random.key(args.seed), images))
     for path in make_plots(args.workdir, model, variables, images, labels):
         print(path)
     return 0
