@@ -1,0 +1,109 @@
+"""Pooling evaluate results over parts of a split: equal to evaluating the union at once."""
+
+import json
+
+import chex
+import numpy as np
+import pytest
+
+from vae_jax import evaluate, pool_evaluations
+
+PART_SIZES = (7, 1, 12, 30)  # uneven, and one part of a single image
+
+
+def summarize(neg_elbo, nll, kl_dims, split, seed):
+    """What `evaluate --json` reports for these per-image values (the pooled fields)."""
+    neg_elbo_mean, neg_elbo_stderr = evaluate.mean_and_stderr(neg_elbo)
+    nll_mean, nll_stderr = evaluate.mean_and_stderr(nll)
+    return {
+        "neg_elbo": neg_elbo_mean, "neg_elbo_stderr": neg_elbo_stderr,
+        "nll_iwae": nll_mean, "nll_iwae_stderr": nll_stderr,
+        "reconstruction": float(np.mean(neg_elbo - kl_dims.sum(axis=1))),
+        "kl": float(np.mean(kl_dims.sum(axis=1))),
+        "kl_per_dim": kl_dims.mean(axis=0).tolist(),
+        "active_units": 3, "num_images": len(neg_elbo), "iwae_samples": 5000,
+        "binarize": "dynamic", "z_dim": kl_dims.shape[1], "workdir": "/runs/binarized",
+        "dataset": "mnist", "split": split, "seed": seed,
+        "seconds_iwae": 2.0 * len(neg_elbo), "seconds": 2.5 * len(neg_elbo),
+    }
+
+
+@pytest.fixture(scope="module")
+def per_image():
+    rng = np.random.default_rng(0)
+    total = sum(PART_SIZES)
+    kl_dims = rng.gamma(2.0, 0.5, size=(total, 4))
+    neg_elbo = rng.normal(95.0, 25.0, size=total) + 10.0 * (np.arange(total) > 20)
+    nll = neg_elbo - rng.uniform(5.0, 10.0, size=total)
+    return neg_elbo, nll, kl_dims
+
+
+@pytest.fixture(scope="module")
+def parts(per_image):
+    bounds = np.cumsum((0,) + PART_SIZES)
+    return [summarize(*(values[start:stop] for values in per_image),
+                      split=f"test[{start}:{stop}]", seed=index)
+            for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def test_pooled_parts_equal_the_whole(per_image, parts):
+    whole = summarize(*per_image, split="test", seed=0)
+    pooled = pool_evaluations.pool(parts)
+    fields = ("neg_elbo", "neg_elbo_stderr", "nll_iwae", "nll_iwae_stderr", "reconstruction",
+              "kl", "kl_per_dim", "num_images")
+    chex.assert_trees_all_close({key: pooled[key] for key in fields},
+                                {key: whole[key] for key in fields}, rtol=1e-12)
+    assert pooled["active_units"] is None  # needs all images' E_q[z|x], which parts lack
+    assert pooled["splits"] == [part["split"] for part in parts]
+    assert pooled["seeds"] == [0, 1, 2, 3]
+    assert pooled["seconds_iwae"] == pytest.approx(2.0 * sum(PART_SIZES))
+    assert pooled["iwae_decodes_per_sec"] == pytest.approx(5000 / 2.0)
+
+
+def test_pooled_stderr_grows_with_the_spread_between_parts():
+    # Two parts with no spread inside them: all the variance is between them.
+    mean, stderr = pool_evaluations.pooled_mean_and_stderr([90.0, 100.0], [0.0, 0.0], [5, 5])
+    chex.assert_trees_all_close((mean, stderr), evaluate.mean_and_stderr([90.0] * 5 + [100.0] * 5))
+    assert stderr > 1.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"iwae_samples": 50}, "disagree on iwae_samples: 50, 5000"),
+    ({"binarize": "none"}, "disagree on binarize"),
+    ({"workdir": "/runs/other"}, "disagree on workdir"),
+    ({"split": "test[0:7]"}, "split 'test[0:7]' appears more than once"),
+])
+def test_parts_that_do_not_belong_together_are_refused(parts, change, message):
+    odd = [dict(parts[0]), dict(parts[1], **change)]
+    with pytest.raises(pool_evaluations.PoolingError, match=message.replace("[", r"\[")):
+        pool_evaluations.pool(odd)
+
+
+def test_a_result_without_its_fields_is_refused(parts):
+    incomplete = {key: value for key, value in parts[1].items() if key != "seconds_iwae"}
+    with pytest.raises(pool_evaluations.PoolingError, match="result 2 has no 'seconds_iwae'"):
+        pool_evaluations.pool([parts[0], incomplete])
+    with pytest.raises(pool_evaluations.PoolingError, match="no results"):
+        pool_evaluations.pool([])
+
+
+def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
+    paths = []
+    for index, part in enumerate(parts):
+        paths.append(tmp_path / f"part{index}.json")
+        paths[-1].write_text(json.dumps(part))
+    assert pool_evaluations.main([str(path) for path in paths] + ["--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(pool_evaluations.pool(parts)))
+
+    assert pool_evaluations.main([str(path) for path in paths]) == 0
+    summary = capsys.readouterr().out
+    assert f"{sum(PART_SIZES)} images" in summary and "NLL bound (IWAE, K=5000)" in summary
+
+    cut_short = tmp_path / "cut_short.json"
+    cut_short.write_text("")  # what an evaluation killed before printing leaves behind
+    for bad, message in [(cut_short, "cut_short.json is not JSON"),
+                         (tmp_path / "missing.json", "cannot read")]:
+        assert pool_evaluations.main([str(paths[0]), str(bad)]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1

@@ -1,0 +1,136 @@
+"""Pooling `vae_jax.evaluate --json` results over disjoint parts of a split into one.
+
+`python -m vae_jax.pool_evaluations PART.json [PART.json ...] [--json]`
+
+K = 5000 importance samples take hours for the 10,000 MNIST test images on a CPU, so they
+are easier to run in parts (`--split 'test[:1000]'`, `'test[1000:3000]'`, ... , each with its
+own `--seed`, in turn or on several machines) and pool afterwards. The pooled means are the
+image-weighted means of the parts; the pooled standard errors are exact, from each part's
+mean, standard error (sample std / sqrt(n)) and size. Active units are not poolable (they
+need the variance of E_q[z|x] over all images, which the parts do not carry): run
+`vae_jax.evaluate` with a small `--iwae-samples` on the whole split for those.
+
+The parts must come from the same run, dataset, K and binarization, and cover different
+splits; the command cannot see whether two slices overlap, so that is the caller's part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from vae_jax.cli import OneLineParser
+
+MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
+WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
+MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
+
+
+class PoolingError(ValueError):
+    """Parts that cannot be pooled, named in one line."""
+
+
+def pooled_mean_and_stderr(means, stderrs, sizes) -> tuple[float, float]:
+    """The mean and standard error (ddof=1) of the union of disjoint samples, each given by
+    its mean, standard error (sample std / sqrt(n)) and size n. Each argument: (parts,)."""
+    means, stderrs, sizes = (np.asarray(values, np.float64) for values in (means, stderrs, sizes))
+    total = sizes.sum()
+    mean = float(np.sum(sizes * means) / total)
+    if total < 2:
+        return mean, float("nan")
+    within = np.sum(np.where(sizes > 1, stderrs**2 * sizes * (sizes - 1), 0.0))
+    between = np.sum(sizes * (means - mean) ** 2)
+    return mean, float(math.sqrt((within + between) / (total - 1) / total))
+
+
+def pool(parts: list[dict]) -> dict:
+    """One result for the union of the parts' images (dicts as `evaluate --json` prints)."""
+    if not parts:
+        raise PoolingError("no results to pool")
+    for key in MUST_AGREE + ("split", "num_images", "seed", "seconds_iwae"):
+        missing = [index for index, part in enumerate(parts) if key not in part]
+        if missing:
+            raise PoolingError(f"result {missing[0] + 1} has no {key!r}: is it the output of "
+                               "`python -m vae_jax.evaluate --json`?")
+    for key in MUST_AGREE:
+        values = sorted({str(part[key]) for part in parts})
+        if len(values) > 1:
+            raise PoolingError(f"the results disagree on {key}: {', '.join(values)}")
+    splits = [part["split"] for part in parts]
+    repeated = sorted({split for split in splits if splits.count(split) > 1})
+    if repeated:
+        raise PoolingError(f"split {repeated[0]!r} appears more than once")
+
+    sizes = np.array([part["num_images"] for part in parts], np.float64)
+    pooled = {key: parts[0][key] for key in MUST_AGREE}
+    for mean_key, stderr_key in MEAN_AND_STDERR:
+        pooled[mean_key], pooled[stderr_key] = pooled_mean_and_stderr(
+            [part[mean_key] for part in parts], [part[stderr_key] for part in parts], sizes)
+    for key in WEIGHTED_MEANS:
+        values = np.array([part[key] for part in parts], np.float64)
+        mean = np.tensordot(sizes, values, axes=1) / sizes.sum()
+        pooled[key] = mean.tolist() if mean.ndim else float(mean)
+    seconds_iwae = float(sum(part["seconds_iwae"] for part in parts))
+    pooled.update(
+        active_units=None,  # not poolable: see the module docstring
+        num_images=int(sizes.sum()), splits=splits, seeds=[part["seed"] for part in parts],
+        seconds_iwae=seconds_iwae,
+        iwae_decodes_per_sec=float(sizes.sum() * pooled["iwae_samples"] / seconds_iwae),
+        seconds=float(sum(part.get("seconds", part["seconds_iwae"]) for part in parts)))
+    return pooled
+
+
+def format_summary(pooled: dict) -> str:
+    hours = pooled["seconds"] / 3600
+    elbo_label = "negative ELBO (1 sample)"
+    iwae_label = f"NLL bound (IWAE, K={pooled['iwae_samples']})"
+    width = max(len(elbo_label), len(iwae_label))
+    return "\n".join([
+        f"{pooled['dataset']} {' + '.join(pooled['splits'])}: {pooled['num_images']} images, "
+        f"binarize {pooled['binarize']}, from {pooled['workdir']}",
+        f"  {elbo_label:<{width}} {pooled['neg_elbo']:8.2f} ± {pooled['neg_elbo_stderr']:.2f} "
+        f"nats  (reconstruction {pooled['reconstruction']:.2f} + KL {pooled['kl']:.2f})",
+        f"  {iwae_label:<{width}} {pooled['nll_iwae']:8.2f} ± {pooled['nll_iwae_stderr']:.2f} "
+        "nats",
+        f"  time {pooled['seconds']:.0f} s in all ({hours:.2f} h; IWAE "
+        f"{pooled['iwae_decodes_per_sec']:.0f} decodes/s)",
+    ])
+
+
+def load_part(path: str) -> dict:
+    try:
+        with open(path) as file:
+            part = json.load(file)
+    except OSError as error:
+        raise PoolingError(f"cannot read {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise PoolingError(f"{path} is not JSON ({error.msg}, line {error.lineno}): "
+                           "was its evaluation cut short?") from None
+    if not isinstance(part, dict):
+        raise PoolingError(f"{path} holds no JSON object")
+    return part
+
+
+def main(argv=None) -> int:
+    prog = "python -m vae_jax.pool_evaluations"
+    parser = OneLineParser(prog=prog, description="Pool `vae_jax.evaluate --json` results "
+                                                  "over disjoint parts of a split.")
+    parser.add_argument("results", nargs="+", metavar="PART.json",
+                        help="outputs of `python -m vae_jax.evaluate --json`")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    try:
+        pooled = pool([load_part(path) for path in args.results])
+    except PoolingError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(pooled) if args.json else format_summary(pooled))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
