@@ -79,9 +79,10 @@ def test_parts_that_do_not_belong_together_are_refused(parts, change, message):
         pool_evaluations.pool(odd)
 
 
-def test_a_result_without_its_fields_is_refused(parts):
-    incomplete = {key: value for key, value in parts[1].items() if key != "seconds_iwae"}
-    with pytest.raises(pool_evaluations.PoolingError, match="result 2 has no 'seconds_iwae'"):
+@pytest.mark.parametrize("field", ["seconds_iwae", "nll_iwae_stderr", "kl_per_dim"])
+def test_a_result_without_its_fields_is_refused(parts, field):
+    incomplete = {key: value for key, value in parts[1].items() if key != field}
+    with pytest.raises(pool_evaluations.PoolingError, match=f"result 2 has no '{field}'"):
         pool_evaluations.pool([parts[0], incomplete])
     with pytest.raises(pool_evaluations.PoolingError, match="no results"):
         pool_evaluations.pool([])

@@ -51,7 +51,9 @@ def pool(parts: list[dict]) -> dict:
     """One result for the union of the parts' images (dicts as `evaluate --json` prints)."""
     if not parts:
         raise PoolingError("no results to pool")
-    for key in MUST_AGREE + ("split", "num_images", "seed", "seconds_iwae"):
+    needed = MUST_AGREE + sum(MEAN_AND_STDERR, ()) + WEIGHTED_MEANS + (
+        "split", "num_images", "seed", "seconds_iwae")
+    for key in needed:
         missing = [index for index, part in enumerate(parts) if key not in part]
         if missing:
             raise PoolingError(f"result {missing[0] + 1} has no {key!r}: is it the output of "
