@@ -471,6 +471,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def format_bounds(result: dict) -> list[str]:
+    """The negative ELBO and IWAE lines of a summary (also used by pool_evaluations)."""
+    elbo_label = "negative ELBO (1 sample)"
+    iwae_label = f"NLL bound (IWAE, K={result['iwae_samples']})"
+    width = max(len(elbo_label), len(iwae_label))
+    return [
+        f"  {elbo_label:<{width}} {result['neg_elbo']:8.2f} ± {result['neg_elbo_stderr']:.2f} "
+        f"nats  (reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
+        f"  {iwae_label:<{width}} {result['nll_iwae']:8.2f} ± {result['nll_iwae_stderr']:.2f} "
+        "nats",
+    ]
+
+
 def format_summary(result: dict, args: argparse.Namespace) -> str:
     targets = ("dynamically binarized images (one Bernoulli(pixel) draw each): "
                "log-likelihoods of binary images, the literature's measure"
@@ -478,17 +491,11 @@ def format_summary(result: dict, args: argparse.Namespace) -> str:
                "grayscale targets: the BCE includes the pixels' own entropy, so these are "
                "not log-likelihoods")
     kl_sorted = sorted(result["kl_per_dim"], reverse=True)
-    iwae_label = f"NLL bound (IWAE, K={result['iwae_samples']})"
-    width = max(len(iwae_label), 24)
     lines = [
         f"{args.dataset} {args.split}: {result['num_images']} images, model z_dim="
         f"{result['z_dim']} from {args.workdir}",
         f"  {targets}",
-        f"  {'negative ELBO (1 sample)':<{width}} {result['neg_elbo']:8.2f} ± "
-        f"{result['neg_elbo_stderr']:.2f} nats  (reconstruction {result['reconstruction']:.2f}"
-        f" + KL {result['kl']:.2f})",
-        f"  {iwae_label:<{width}} {result['nll_iwae']:8.2f} ± {result['nll_iwae_stderr']:.2f} "
-        f"nats",
+        *format_bounds(result),
         f"  active units {result['active_units']} of {result['z_dim']} (variance of E[z|x] > "
         f"{result['active_unit_threshold']})",
         "  KL per dimension (nats), largest first: "

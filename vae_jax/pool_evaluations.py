@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from vae_jax.cli import OneLineParser
+from vae_jax.evaluate import format_bounds
 
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
@@ -52,7 +53,7 @@ def pool(parts: list[dict]) -> dict:
     if not parts:
         raise PoolingError("no results to pool")
     needed = MUST_AGREE + sum(MEAN_AND_STDERR, ()) + WEIGHTED_MEANS + (
-        "split", "num_images", "seed", "seconds_iwae")
+        "split", "num_images", "seed", "seconds_iwae", "seconds")
     for key in needed:
         missing = [index for index, part in enumerate(parts) if key not in part]
         if missing:
@@ -82,22 +83,16 @@ def pool(parts: list[dict]) -> dict:
         num_images=int(sizes.sum()), splits=splits, seeds=[part["seed"] for part in parts],
         seconds_iwae=seconds_iwae,
         iwae_decodes_per_sec=float(sizes.sum() * pooled["iwae_samples"] / seconds_iwae),
-        seconds=float(sum(part.get("seconds", part["seconds_iwae"]) for part in parts)))
+        seconds=float(sum(part["seconds"] for part in parts)))
     return pooled
 
 
 def format_summary(pooled: dict) -> str:
     hours = pooled["seconds"] / 3600
-    elbo_label = "negative ELBO (1 sample)"
-    iwae_label = f"NLL bound (IWAE, K={pooled['iwae_samples']})"
-    width = max(len(elbo_label), len(iwae_label))
     return "\n".join([
         f"{pooled['dataset']} {' + '.join(pooled['splits'])}: {pooled['num_images']} images, "
         f"binarize {pooled['binarize']}, from {pooled['workdir']}",
-        f"  {elbo_label:<{width}} {pooled['neg_elbo']:8.2f} ± {pooled['neg_elbo_stderr']:.2f} "
-        f"nats  (reconstruction {pooled['reconstruction']:.2f} + KL {pooled['kl']:.2f})",
-        f"  {iwae_label:<{width}} {pooled['nll_iwae']:8.2f} ± {pooled['nll_iwae_stderr']:.2f} "
-        "nats",
+        *format_bounds(pooled),
         f"  time {pooled['seconds']:.0f} s in all ({hours:.2f} h; IWAE "
         f"{pooled['iwae_decodes_per_sec']:.0f} decodes/s)",
     ])
