@@ -4,11 +4,10 @@
 
 Needs torch (and tensorflow-datasets with the prepared MNIST under
 /work/shared/tensorflow_datasets or $TFDS_DATA_DIR for real digits; `--synthetic`, or a
-failed load, uses random images in [0, 1] instead). The model below is the course
-notebook's code structure (C2W2 "Variational Autoencoder"), so the state_dict keys are the
-notebook's (`encode.disc.0.0.weight`, `decode.gen.3.0.bias`, ...). The only change is an
-optional `eps` argument to `VAE.forward`: with it the sample is `mean + stddev * eps`, which is
-exactly what `Normal(mean, stddev).rsample()` computes with its own eps ~ N(0, I). The run
+failed load, uses random images in [0, 1] instead). The model is the course notebook's,
+`vae_jax.torch_reference.course_vae`, so the state_dict keys are the notebook's
+(`encode.disc.0.0.weight`, `decode.gen.3.0.bias`, ...), and its `eps` argument fixes the
+sample's noise: `mean + stddev * eps` is what `Normal(mean, stddev).rsample()` computes. The run
 is deterministic (fixed seeds, one thread, deterministic algorithms): rerunning the script
 rewrites the same numbers on the same machine. The file is about 3.4 MB.
 
@@ -65,6 +64,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_jax.config import TrainConfig
+from vae_jax.torch_reference import course_loss, course_vae
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "tests" / "data" / "torch_golden.npz"
 DEFAULT_DATA_DIR = "/work/shared/tensorflow_datasets"
@@ -74,104 +76,14 @@ BATCH = 16
 Z_DIM = 32
 PRETRAIN_STEPS = 10
 CURVE_STEPS = 20
-LR = 0.002
-
-
-def build_model():
-    """The course notebook's Encoder, Decoder and VAE (plus the optional fixed `eps`)."""
-    from torch import nn
-    from torch.distributions.normal import Normal
-
-    class Encoder(nn.Module):
-        def __init__(self, im_chan=1, output_chan=32, hidden_dim=16):
-            super().__init__()
-            self.z_dim = output_chan
-            self.disc = nn.Sequential(
-                self.make_disc_block(im_chan, hidden_dim),
-                self.make_disc_block(hidden_dim, hidden_dim * 2),
-                self.make_disc_block(hidden_dim * 2, output_chan * 2, final_layer=True),
-            )
-
-        def make_disc_block(self, input_channels, output_channels, kernel_size=4, stride=2,
-                            final_layer=False):
-            if not final_layer:
-                return nn.Sequential(
-                    nn.Conv2d(input_channels, output_channels, kernel_size, stride),
-                    nn.BatchNorm2d(output_channels),
-                    nn.LeakyReLU(0.2),
-                )
-            return nn.Sequential(nn.Conv2d(input_channels, output_channels, kernel_size, stride))
-
-        def forward(self, image):
-            disc_pred = self.disc(image)
-            encoding = disc_pred.view(len(disc_pred), -1)
-            # The original's comment says "the log of the variance"; exp() of it is used
-            # as the standard deviation.
-            return encoding[:, :self.z_dim], encoding[:, self.z_dim:].exp()
-
-    class Decoder(nn.Module):
-        def __init__(self, z_dim=32, im_chan=1, hidden_dim=64):
-            super().__init__()
-            self.z_dim = z_dim
-            self.gen = nn.Sequential(
-                self.make_gen_block(z_dim, hidden_dim * 4),
-                self.make_gen_block(hidden_dim * 4, hidden_dim * 2, kernel_size=4, stride=1),
-                self.make_gen_block(hidden_dim * 2, hidden_dim),
-                self.make_gen_block(hidden_dim, im_chan, kernel_size=4, final_layer=True),
-            )
-
-        def make_gen_block(self, input_channels, output_channels, kernel_size=3, stride=2,
-                           final_layer=False):
-            if not final_layer:
-                return nn.Sequential(
-                    nn.ConvTranspose2d(input_channels, output_channels, kernel_size, stride),
-                    nn.BatchNorm2d(output_channels),
-                    nn.ReLU(inplace=True),
-                )
-            return nn.Sequential(
-                nn.ConvTranspose2d(input_channels, output_channels, kernel_size, stride),
-                nn.Sigmoid(),
-            )
-
-        def forward(self, noise):
-            x = noise.view(len(noise), self.z_dim, 1, 1)
-            return self.gen(x)
-
-    class VAE(nn.Module):
-        def __init__(self, z_dim=32, im_chan=1, hidden_dim=64):  # hidden_dim is ignored
-            super().__init__()
-            self.z_dim = z_dim
-            self.encode = Encoder(im_chan, z_dim)
-            self.decode = Decoder(z_dim, im_chan)
-
-        def forward(self, images, eps=None):
-            q_mean, q_stddev = self.encode(images)
-            q_dist = Normal(q_mean, q_stddev)
-            # rsample() is loc + eps * scale with eps ~ N(0, I); a given eps fixes it.
-            z_sample = q_dist.rsample() if eps is None else q_mean + q_stddev * eps
-            decoding = self.decode(z_sample)
-            return decoding, q_dist
-
-    return VAE(z_dim=Z_DIM, im_chan=1)
-
-
-def course_loss(torch, recon_images, images, q_dist):
-    from torch import nn
-    from torch.distributions.kl import kl_divergence
-    from torch.distributions.normal import Normal
-
-    reconstruction_loss = nn.BCELoss(reduction="sum")
-    kl = kl_divergence(
-        q_dist, Normal(torch.zeros_like(q_dist.mean), torch.ones_like(q_dist.stddev))
-    ).sum(-1)
-    return reconstruction_loss(recon_images, images) + kl.sum()
+LR = TrainConfig().learning_rate  # the course's Adam learning rate, 0.002
 
 
 def load_images(count: int, synthetic: bool) -> np.ndarray:
     """(count, 28, 28, 1) float32 in [0, 1]: the first MNIST train images, or random ones."""
     if not synthetic:
         try:
-            import tensorflow_datasets as tfds
+            import tensorflow_datasets as tfds  # here: any failure falls back to synthetic
 
             data_dir = os.environ.get("TFDS_DATA_DIR", DEFAULT_DATA_DIR)
             data = tfds.load("mnist", split=f"train[:{count}]", batch_size=-1,
@@ -197,12 +109,12 @@ def main(argv=None) -> None:
         PRETRAIN_STEPS, BATCH, 28, 28, 1)
     images = curve_images[0]
 
-    import torch
+    import torch  # after loading the images: tfds' TensorFlow and torch both start thread pools
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SEED)
-    model = build_model()
+    model = course_vae(Z_DIM)
 
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
     nhwc = lambda t: np.ascontiguousarray(  # noqa: E731
@@ -215,7 +127,7 @@ def main(argv=None) -> None:
         x = nchw(batch)
         optimizer.zero_grad()
         recon, q_dist = model(x)
-        course_loss(torch, recon, x, q_dist).backward()
+        course_loss(recon, x, q_dist).backward()
         optimizer.step()
 
     # 2. Snapshot (float32, as trained).
@@ -237,7 +149,7 @@ def main(argv=None) -> None:
     with torch.no_grad():
         x = nchw(images)
         recon, q_dist = model(x, eps)
-        loss = course_loss(torch, recon, x, q_dist)
+        loss = course_loss(recon, x, q_dist)
     out.update({"torch_float32/train/mean": q_dist.mean.numpy().copy(),
                 "torch_float32/train/stddev": q_dist.stddev.numpy().copy(),
                 "torch_float32/train/recon": nhwc(recon),
@@ -245,7 +157,7 @@ def main(argv=None) -> None:
 
     # From here on the same model in float64: the reference values without rounding noise.
     def fresh_float64_model():
-        m = build_model()
+        m = course_vae(Z_DIM)
         m.load_state_dict(snapshot)
         return m.double()
 
@@ -257,7 +169,7 @@ def main(argv=None) -> None:
     model = fresh_float64_model().eval()
     with torch.no_grad():
         recon, q_dist = model(x, eps64)
-        loss = course_loss(torch, recon, x, q_dist)
+        loss = course_loss(recon, x, q_dist)
     out.update({"eval/mean": f32(q_dist.mean), "eval/stddev": f32(q_dist.stddev),
                 "eval/recon": nhwc(recon), "eval/loss": np.float32(loss.item())})
 
@@ -266,7 +178,7 @@ def main(argv=None) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     optimizer.zero_grad()
     recon, q_dist = model(x, eps64)
-    loss = course_loss(torch, recon, x, q_dist)
+    loss = course_loss(recon, x, q_dist)
     out.update({"train/mean": f32(q_dist.mean), "train/stddev": f32(q_dist.stddev),
                 "train/recon": nhwc(recon), "train/loss": np.float32(loss.item())})
     for k, v in model.state_dict().items():
@@ -289,7 +201,7 @@ def main(argv=None) -> None:
         x = f64(nchw(batch))
         optimizer.zero_grad()
         recon, q_dist = model(x, f64(batch_eps))
-        loss = course_loss(torch, recon, x, q_dist)
+        loss = course_loss(recon, x, q_dist)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

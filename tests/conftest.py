@@ -1,4 +1,4 @@
-"""Shared fixtures: a small model, its variables and compiled steps, built once per module."""
+"""Shared fixtures: a small batch of images, the model and its variables, built once."""
 
 import os
 
@@ -7,20 +7,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def real_mnist_dir():
-    """$TFDS_DATA_DIR when it holds the prepared mnist, else None."""
-    data_dir = os.environ.get("TFDS_DATA_DIR")
-    if data_dir and os.path.isdir(os.path.join(data_dir, "mnist")):
-        return data_dir
-    return None
-
-
-requires_real_mnist = pytest.mark.skipif(
-    real_mnist_dir() is None, reason="TFDS_DATA_DIR does not hold the prepared mnist")
 
 
 @pytest.fixture(scope="session")

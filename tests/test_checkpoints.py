@@ -15,28 +15,29 @@ import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from tests.conftest import REPO_ROOT
-from tests.test_cli import load_cli
-from vae_jax import checkpoints
-from vae_jax import train as train_lib
+from tests.helpers import REPO_ROOT, save_legacy_run, tiny_config
+from vae_jax import checkpoints, train
+from vae_jax.config import ResumeMismatchError
+from vae_jax.errors import NonFiniteLossError
 
 NUM_EXAMPLES = 48  # 3 batches of 16 per epoch
 FLAGS = ["--epochs", "3", "--batch-size", "16", "--no-progress", "--seed", "5"]
 
-# Runs train.py in a child process on the same mock data the tests use in-process.
+# Runs the training command in a child process (signals and SIGKILL need a real process)
+# on the same mock data the tests use in-process.
 CHILD = """
-import runpy, sys
+import sys
 import tensorflow_datasets as tfds
-sys.argv = ["train.py"] + sys.argv[1:]
+from vae_jax.train import main
 with tfds.testing.mock_data(num_examples={n}):
-    runpy.run_path({script!r}, run_name="__main__")
-""".format(n=NUM_EXAMPLES, script=os.path.join(REPO_ROOT, "train.py"))
+    sys.exit(main(sys.argv[1:]))
+""".format(n=NUM_EXAMPLES)
 
 
 def run_in_process(workdir, *extra):
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        return load_cli().main([*FLAGS, "--workdir", str(workdir),
-                                "--data-dir", str(workdir) + "-data", *extra])
+        return train.main([*FLAGS, "--workdir", str(workdir), "--data-dir", str(workdir) + "-data",
+                           *extra])
 
 
 def start_child(workdir, *extra):
@@ -75,12 +76,8 @@ def uninterrupted(tmp_path_factory):
 
 def full_state(workdir):
     """All arrays of the newest checkpoint: variables and optimizer state, step, key."""
-    run = checkpoints.RunCheckpoints(str(workdir))
-    try:
-        step, trees = run.restore_newest(("variables", "train_state"), quarantine=False)
-    finally:
-        run.close()
-    return step, trees
+    with checkpoints.RunCheckpoints(str(workdir)) as run:
+        return run.restore_newest(("variables", "train_state"), quarantine=False)
 
 
 def test_checkpoint_holds_the_whole_train_state(uninterrupted):
@@ -126,7 +123,7 @@ def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_make_train_step = train_lib.make_train_step
+    real_make_train_step = train.make_train_step
 
     def make_poisoned_train_step(max_traces=2, binarize=False):
         step_fn = real_make_train_step(max_traces, binarize)
@@ -138,13 +135,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return step_fn(state, images)
         return poisoned
 
-    monkeypatch.setattr(train_lib, "make_train_step", make_poisoned_train_step)
+    monkeypatch.setattr(train, "make_train_step", make_poisoned_train_step)
     workdir = tmp_path / "nan"
-    with pytest.raises(train_lib.NonFiniteLossError, match="at step 4 "):
+    with pytest.raises(NonFiniteLossError, match="at step 4 "):
         with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-            train_lib.train_and_evaluate(
-                train_lib.TrainConfig(epochs=3, batch_size=16, seed=5, checkpoint_every=1,
-                                      data_dir=str(tmp_path / "data")),
+            train.train_and_evaluate(
+                tiny_config(epochs=3, checkpoint_every=1, data_dir=str(tmp_path / "data")),
                 str(workdir), progress=False, log=lambda line: None)
     steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints"))
     assert steps[-1] == 3
@@ -203,6 +199,16 @@ def test_refusals_leave_the_run_untouched(uninterrupted, tmp_path, capsys, flags
     assert snapshot(workdir) == before
 
 
+def test_a_run_saved_by_an_earlier_version_keeps_its_settings(tmp_path):
+    """Before config.json held a run's settings, each checkpoint did: a resume still
+    compares against them."""
+    save_legacy_run(tmp_path, tiny_config(z_dim=32, batch_size=16).to_json())
+    saved = checkpoints.read_run_config(str(tmp_path))
+    assert (saved["batch_size"], saved["im_chan"]) == (16, 1)
+    with pytest.raises(ResumeMismatchError, match="--batch-size 8 differs from 16"):
+        tiny_config(batch_size=8).check_resumable(saved, str(tmp_path))
+
+
 def test_fresh_overwrite_starts_over(uninterrupted, tmp_path):
     workdir = tmp_path / "fresh"
     shutil.copytree(uninterrupted, workdir)
@@ -214,9 +220,9 @@ def test_fresh_overwrite_starts_over(uninterrupted, tmp_path):
 def test_unwritable_workdir_is_refused(tmp_path, capsys):
     not_a_directory = tmp_path / "a-file"
     not_a_directory.write_text("")
-    assert load_cli().main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
+    assert train.main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
     assert "is not a writable directory" in capsys.readouterr().err
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert load_cli().main(["--workdir", str(locked / "run"), "--no-download"]) == 2
+        assert train.main(["--workdir", str(locked / "run"), "--no-download"]) == 2

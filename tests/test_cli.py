@@ -1,152 +1,111 @@
-"""The `train.py` command line: an end-to-end run, its outputs, and its refusals."""
+"""The command lines' skeleton (vae_jax.cli): flags derived from the settings, one-line
+errors, exit codes, and the installed `vae-jax-*` scripts."""
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
+import argparse
+import dataclasses
+import importlib
+import importlib.metadata
 
-import chex
-import jax
-import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from PIL import Image
 
-import vae_jax
-from tests.conftest import REPO_ROOT, real_mnist_dir, requires_real_mnist
+from vae_jax import cli
+from vae_jax.config import TrainConfig, flag_name
+from vae_jax.errors import InputError, Stopped, TrainingInterrupted
 
-METRIC_KEYS = {"epoch", "train_loss", "test_loss", "test_reconstruction", "test_kl",
-               "images_per_sec", "seconds"}
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("train_cli", os.path.join(REPO_ROOT, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+COMMANDS = {"vae-jax-train": "vae_jax.train", "vae-jax-evaluate": "vae_jax.evaluate",
+            "vae-jax-sample": "vae_jax.sample", "vae-jax-plots": "vae_jax.plots",
+            "vae-jax-pool-evaluations": "vae_jax.pool_evaluations",
+            "vae-jax-bench": "vae_jax.bench", "vae-jax-torch-port": "vae_jax.torch_port"}
 
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py"), *args],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
-                          env={**os.environ, **(env or {})})
+def config_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog="prog")
+    cli.add_config_flags(parser, TrainConfig)
+    return parser
 
 
-@pytest.fixture(scope="module")
-def mock_run(tmp_path_factory):
-    """One short epoch of `train.py` on 40 mock images; returns the workdir."""
-    workdir = tmp_path_factory.mktemp("run")
-    with tfds.testing.mock_data(num_examples=40):
-        status = load_cli().main(["--epochs", "1", "--batch-size", "16", "--workdir",
-                                  str(workdir), "--data-dir", str(workdir / "data"),
-                                  "--no-progress", "--seed", "3"])
-    assert status == 0
-    return workdir
+def test_every_setting_has_a_flag_with_its_default():
+    args = config_parser().parse_args([])
+    assert cli.config_from_args(args, TrainConfig) == TrainConfig()
+    flags = {flag_name(field) for field in dataclasses.fields(TrainConfig)}
+    assert {"--epochs", "--batch-size", "--learning-rate", "--z-dim", "--seed", "--dataset",
+            "--data-dir", "--no-download", "--train-split", "--test-split", "--binarize",
+            "--epoch-mode", "--checkpoint-every", "--keep"} <= flags
 
 
-def test_cli_run_writes_every_output(mock_run):
-    names = set(os.listdir(mock_run))
-    assert {"metrics.jsonl", "reconstructions_epoch1.png", "samples_epoch1.png",
-            "checkpoints", "config.json"} <= names
-    assert json.load(open(mock_run / "config.json")) == {"z_dim": 32, "im_chan": 1}
-    records = [json.loads(line) for line in open(mock_run / "metrics.jsonl")]
-    assert len(records) == 1 and METRIC_KEYS <= set(records[0])
-    assert records[0]["epoch"] == 1 and records[0]["step"] == 3  # 16 + 16 + 8 images
-    assert all(np.isfinite(records[0][key]) for key in METRIC_KEYS)
-    np.testing.assert_allclose(records[0]["test_loss"],
-                               records[0]["test_reconstruction"] + records[0]["test_kl"],
-                               rtol=1e-5)
-    for name in ("reconstructions_epoch1.png", "samples_epoch1.png"):
-        with Image.open(mock_run / name) as picture:
-            assert picture.format == "PNG" and min(picture.size) > 200
+def test_flags_set_the_settings():
+    args = config_parser().parse_args([
+        "--epochs", "3", "--batch-size", "64", "--learning-rate", "1e-3", "--z-dim", "8",
+        "--seed", "-4", "--data-dir", "/data", "--no-download", "--train-split", "train[:10%]",
+        "--binarize", "dynamic", "--epoch-mode", "scan", "--checkpoint-every", "5"])
+    assert cli.config_from_args(args, TrainConfig) == TrainConfig(
+        epochs=3, batch_size=64, learning_rate=1e-3, z_dim=8, seed=-4, data_dir="/data",
+        download=False, train_split="train[:10%]", binarize="dynamic", epoch_mode="scan",
+        checkpoint_every=5)
 
 
-def test_cli_run_writes_tensorboard_scalars_and_images(mock_run):
-    import tensorflow as tf  # reads the event files (tfds' dependency)
-    scalars, images = {}, {}
-    for path in (mock_run / "tensorboard").iterdir():
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.HasField("image"):
-                    images[value.tag] = value.image
-                else:
-                    scalars[value.tag] = value.simple_value
-    assert {"train/loss", "test/loss", "test/reconstruction", "test/kl",
-            "speed/images_per_sec"} <= set(scalars)
-    record = json.loads(open(mock_run / "metrics.jsonl").readline())
-    np.testing.assert_allclose(scalars["test/loss"], record["test_loss"], rtol=1e-6)
-    assert set(images) == {"reconstructions", "samples"}
-    assert images["reconstructions"].width == 2 * images["reconstructions"].height
-
-
-def test_saved_variables_load_and_run(mock_run):
-    variables = vae_jax.load_variables(str(mock_run))
-    assert set(variables) == {"params", "batch_stats"}
-    expected = jax.eval_shape(
-        lambda key, x: vae_jax.VAE().init(key, x, key, train=False), jax.random.key(0),
-        np.zeros((1, 28, 28, 1), np.float32))
-    chex.assert_trees_all_equal_shapes(variables, expected)
-    chex.assert_tree_all_finite(variables)
-    logits, _, _ = vae_jax.VAE().apply(variables, np.zeros((2, 28, 28, 1), np.float32),
-                                       jax.random.key(0), train=False)
-    chex.assert_shape(logits, (2, 28, 28, 1))
-
-
-def test_missing_variables_error_names_the_dir(tmp_path):
-    with pytest.raises(ValueError, match=f"no saved variables in {tmp_path}"):
-        vae_jax.load_variables(str(tmp_path))
-
-
-def test_platform_gpu_without_a_gpu_is_refused_in_one_line():
-    try:
-        has_gpu = bool(jax.devices("gpu"))
-    except RuntimeError:
-        has_gpu = False
-    if has_gpu:
-        pytest.skip("this machine has a GPU")
-    result = run_cli("--platform", "gpu", "--epochs", "1")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "GPU" in lines[0] and "pip install" in lines[0] and "cuda" in lines[0]
-
-
-@pytest.mark.parametrize("args, flag", [
-    (["--epochs", "0"], "--epochs"), (["--batch-size", "-3"], "--batch-size"),
-    (["--learning-rate", "fast"], "--learning-rate"), (["--platform", "quantum"], "--platform"),
+@pytest.mark.parametrize("flags, message", [
+    (["--keep", "0"], "argument --keep: must be positive, got 0"),
+    (["--checkpoint-every", "-2"], "argument --checkpoint-every: must be positive, got -2"),
+    (["--learning-rate", "fast"], "argument --learning-rate: 'fast' is not a float"),
+    (["--binarize", "static"], "argument --binarize: invalid choice: 'static'"),
 ])
-def test_bad_flags_exit_2_with_one_line(args, flag):
+def test_bad_settings_are_one_line(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        load_cli().parse_args(args)
+        config_parser().parse_args(flags)
     assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"prog: error: {message}" + (
+        " (choose from 'none', 'dynamic')" if "choice" in message else "")]
 
 
-def test_bad_flag_message_is_one_line():
-    result = run_cli("--epochs", "-1")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "train.py: error: argument --epochs: must be positive, got -1"]
+def test_help_shows_each_default_once():
+    text = config_parser().format_help()
+    assert "(default: 1024)" in text and "(default: at epoch ends only)" in text
+    assert "train[:10%]" in text
 
 
-def test_missing_dataset_is_one_line(tmp_path):
-    result = run_cli("--dataset", "kmnist", "--data-dir", str(tmp_path), "--no-download",
-                     "--workdir", str(tmp_path / "run"))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1] == (f"train.py: error: dataset 'kmnist' is not prepared in {tmp_path} "
-                         f"and downloading is off"), result.stderr
-    assert "Traceback" not in result.stderr
+def run_body(capsys, body, argv=()):
+    parser = argparse.ArgumentParser(prog="prog")
+    status = cli.run(parser, body, list(argv))
+    return status, capsys.readouterr().err.splitlines()
 
 
-@requires_real_mnist
-def test_real_mnist_short_run_learns(tmp_path):
-    result = run_cli("--epochs", "2", "--batch-size", "256", "--train-split", "train[:4096]",
-                     "--test-split", "test[:1024]", "--workdir", str(tmp_path), "--no-progress",
-                     "--data-dir", real_mnist_dir())
-    assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["epoch"] for r in records] == [1, 2]
-    # 784 * log(2) = 543 nats is what predicting 0.5 everywhere costs.
-    assert records[1]["train_loss"] < records[0]["train_loss"] < 543
-    assert records[1]["test_loss"] < 543
+def test_run_turns_known_errors_into_one_line_and_exit_codes(capsys):
+    def bad_input(args):
+        raise InputError("--workdir x: no such thing\n(more detail that stays unprinted)")
+
+    def interrupted(args):
+        raise TrainingInterrupted(15, "stopped by SIGTERM at step 3")
+
+    def stopped(args):
+        raise Stopped("stopped early")
+
+    assert run_body(capsys, bad_input) == (2, ["prog: error: --workdir x: no such thing"])
+    assert run_body(capsys, interrupted) == (143, ["prog: stopped by SIGTERM at step 3"])
+    assert run_body(capsys, stopped) == (1, ["prog: stopped early"])
+    assert run_body(capsys, lambda args: None) == (0, [])
+    assert run_body(capsys, lambda args: 3) == (3, [])
+
+
+def test_run_lets_other_errors_through(capsys):
+    def broken(args):
+        raise KeyError("a bug, not bad input")
+
+    with pytest.raises(KeyError):
+        run_body(capsys, broken)
+
+
+def test_program_name_is_the_installed_script_or_the_module(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/venv/bin/vae-jax-evaluate", "--json"])
+    assert cli.program_name("python -m vae_jax.evaluate") == "vae-jax-evaluate"
+    monkeypatch.setattr("sys.argv", ["/repo/vae_jax/evaluate.py", "--json"])
+    assert cli.program_name("python -m vae_jax.evaluate") == "python -m vae_jax.evaluate"
+
+
+def test_every_command_is_an_installed_script():
+    scripts = {entry.name: entry.value
+               for entry in importlib.metadata.entry_points(group="console_scripts")
+               if entry.name.startswith("vae-jax-")}
+    assert scripts == {name: f"{module}:main" for name, module in COMMANDS.items()}
+    for module in COMMANDS.values():
+        assert callable(importlib.import_module(module).main)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.conftest import real_mnist_dir, requires_real_mnist
+from tests.helpers import real_mnist_dir, requires_real_mnist
 from vae_jax import input_pipeline
 
 

@@ -72,3 +72,17 @@ def test_vae_loss_sums_over_the_batch_and_reports_means_per_image():
     chex.assert_trees_all_close(
         metrics, {"loss": (reconstruction + kl).mean(), "reconstruction": reconstruction.mean(),
                   "kl": kl.mean()}, rtol=1e-6)
+
+
+B, Z = 6, 3
+
+
+def test_kl_per_dimension_sums_to_the_loss_kl_and_vanishes_at_the_prior():
+    rng = np.random.default_rng(0)
+    mean = rng.normal(scale=0.7, size=(B, Z)).astype(np.float32)
+    stddev = rng.uniform(0.5, 1.5, size=(B, Z)).astype(np.float32)
+    per_dim = losses.kl_per_dimension(mean, stddev)
+    assert per_dim.shape == (B, Z) and np.all(np.asarray(per_dim) >= 0)
+    np.testing.assert_allclose(per_dim.sum(-1), losses.kl_divergence(mean, stddev), rtol=1e-6)
+    np.testing.assert_allclose(losses.kl_per_dimension(np.zeros(3), np.ones(3)), 0.0)
+    np.testing.assert_allclose(losses.kl_per_dimension(np.array([2.0]), np.array([1.0])), 2.0)

@@ -8,9 +8,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import vae_jax
-from tests.evaluation_helpers import save_untrained
-from vae_jax import plots
+from tests.helpers import save_untrained
+from vae_jax import grids, plots
+from vae_jax.checkpoints import load_model
 
 PICTURES = ("training_curves.png", "interpolations.png", "latent_map.png", "kl_per_dim.png")
 
@@ -44,7 +44,7 @@ def test_each_picture_is_a_sensible_png(plotted_run, name, min_size):
 
 def test_without_metrics_the_curves_are_skipped(tmp_path, capsys):
     save_untrained(tmp_path)
-    model, variables, _ = vae_jax.evaluate.load_model(str(tmp_path))
+    model, variables, _ = load_model(str(tmp_path))
     images = np.random.default_rng(0).uniform(size=(12, 28, 28, 1)).astype(np.float32)
     written = plots.make_plots(str(tmp_path), model, variables, images, np.arange(12) % 10)
     assert [p.rsplit("/", 1)[1] for p in written] == list(PICTURES[1:])
@@ -69,7 +69,7 @@ def test_the_encoder_sees_binary_images_when_binarized(tmp_path, monkeypatch, fl
 def curves_figure(records, monkeypatch):
     """The matplotlib figure plot_training_curves draws for `records`."""
     saved = []
-    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure))
+    monkeypatch.setattr(grids, "save_figure", lambda figure, path: saved.append(figure))
     plots.plot_training_curves(records, "unused.png")
     return saved[0]
 

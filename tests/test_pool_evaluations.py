@@ -6,15 +6,15 @@ import chex
 import numpy as np
 import pytest
 
-from vae_jax import evaluate, pool_evaluations
+from vae_jax import metrics, pool_evaluations
 
 PART_SIZES = (7, 1, 12, 30)  # uneven, and one part of a single image
 
 
 def summarize(neg_elbo, nll, kl_dims, split, seed):
     """What `evaluate --json` reports for these per-image values (the pooled fields)."""
-    neg_elbo_mean, neg_elbo_stderr = evaluate.mean_and_stderr(neg_elbo)
-    nll_mean, nll_stderr = evaluate.mean_and_stderr(nll)
+    neg_elbo_mean, neg_elbo_stderr = metrics.mean_and_stderr(neg_elbo)
+    nll_mean, nll_stderr = metrics.mean_and_stderr(nll)
     return {
         "neg_elbo": neg_elbo_mean, "neg_elbo_stderr": neg_elbo_stderr,
         "nll_iwae": nll_mean, "nll_iwae_stderr": nll_stderr,
@@ -63,7 +63,7 @@ def test_pooled_parts_equal_the_whole(per_image, parts):
 def test_pooled_stderr_grows_with_the_spread_between_parts():
     # Two parts with no spread inside them: all the variance is between them.
     mean, stderr = pool_evaluations.pooled_mean_and_stderr([90.0, 100.0], [0.0, 0.0], [5, 5])
-    chex.assert_trees_all_close((mean, stderr), evaluate.mean_and_stderr([90.0] * 5 + [100.0] * 5))
+    chex.assert_trees_all_close((mean, stderr), metrics.mean_and_stderr([90.0] * 5 + [100.0] * 5))
     assert stderr > 1.0
 
 

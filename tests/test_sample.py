@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vae_jax
-from tests.evaluation_helpers import save_untrained
-from vae_jax import sample
+from tests.helpers import save_untrained
+from vae_jax import evaluate, sample
+from vae_jax.checkpoints import load_model
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,11 @@ def test_default_output_goes_into_the_workdir(saved_model, capsys):
 
 
 def test_sample_images_are_decoded_prior_samples(saved_model):
-    model, variables, _ = vae_jax.evaluate.load_model(str(saved_model))
+    model, variables, _ = load_model(str(saved_model))
     images = sample.sample_images(model, variables, jax.random.key(3), 16)
     assert images.shape == (16, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
     z = jax.random.normal(jax.random.key(3), (16, 32))
-    expected = jax.nn.sigmoid(vae_jax.evaluate.jitted_decoder(model)(variables, z))
+    expected = jax.nn.sigmoid(evaluate.jitted_decoder(model)(variables, z))
     np.testing.assert_allclose(images, expected, atol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""The train state, train and eval steps, the epoch loops and determinism."""
+"""The train state, the train step, the epoch loops, the test-split ELBO and determinism."""
 
 import chex
 import jax
@@ -7,20 +7,21 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import VAE, train
+from vae_jax import VAE, evaluate, input_pipeline, steps, train
+from vae_jax.config import TrainConfig
 
 
 def state_factory(optimizer, seed=0, model=VAE()):
     """A function returning a new train state (the jitted steps donate their input)."""
-    keys = train.RunKeys.from_seed(seed)
-    state = train.create_train_state(model, optimizer, keys.init, keys.train)
+    keys = steps.RunKeys.from_seed(seed)
+    state = steps.create_train_state(model, optimizer, keys.init, keys.train)
     return lambda: jax.tree.map(jnp.copy, state)
 
 
 @pytest.fixture(scope="module")
 def fresh_state():
     """With the course's Adam."""
-    return state_factory(train.make_optimizer(2e-3))
+    return state_factory(steps.make_optimizer(2e-3))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def sgd_state():
 
 @pytest.fixture(scope="module")
 def step_fn():
-    return train.make_train_step(max_traces=2)
+    return steps.make_train_step(max_traces=2)
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +69,13 @@ def assert_states_close(first, second, **tolerance):
 
 
 def test_default_config_is_the_course_recipe():
-    config = train.TrainConfig()
+    config = TrainConfig()
     assert (config.epochs, config.batch_size, config.learning_rate, config.z_dim) == (
         10, 1024, 2e-3, 32)
 
 
 def test_run_keys_are_distinct():
-    keys = train.RunKeys.from_seed(0)
+    keys = steps.RunKeys.from_seed(0)
     data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in vars(keys).values()]
     assert len(set(data)) == len(data)
 
@@ -84,10 +85,10 @@ class TrainStepTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_train_step_agrees_with_and_without_jit(self):
         # The XLA convolutions: fewer operations to dispatch one by one without jit.
-        state = state_factory(train.make_optimizer(2e-3), model=VAE(implementation="xla"))()
+        state = state_factory(steps.make_optimizer(2e-3), model=VAE(implementation="xla"))()
         images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
-        new_state, metrics = self.variant(train.train_step)(state, images)
-        expected_state, expected_metrics = jax.jit(train.train_step)(state, images)
+        new_state, metrics = self.variant(steps.train_step)(state, images)
+        expected_state, expected_metrics = jax.jit(steps.train_step)(state, images)
         assert_states_close(new_state, expected_state, rtol=1e-4, atol=1e-5)
         chex.assert_trees_all_close(metrics, expected_metrics, rtol=1e-5)
         chex.assert_tree_all_finite(metrics)
@@ -143,7 +144,7 @@ def test_eval_mode_uses_running_averages(fresh_state, images):
 
 
 def test_train_step_compiles_at_most_twice_per_run(fresh_state, images):
-    step = train.make_train_step(max_traces=2)
+    step = steps.make_train_step(max_traces=2)
     state = fresh_state()
     state, _ = step(state, images)          # full batch
     state, _ = step(state, images[:3])      # the last, smaller batch
@@ -154,29 +155,29 @@ def test_train_step_compiles_at_most_twice_per_run(fresh_state, images):
 
 def test_epoch_covers_every_image_with_the_seeded_order(epoch_images):
     key = jax.random.key(5)
-    order = np.asarray(train.input_pipeline.epoch_permutation(key, 20))
+    order = np.asarray(input_pipeline.epoch_permutation(key, 20))
     np.testing.assert_array_equal(np.sort(order), np.arange(20))
     np.testing.assert_array_equal(
-        order, np.asarray(train.input_pipeline.epoch_permutation(key, 20)))
-    slices = train.input_pipeline.batch_slices(20, 8)
+        order, np.asarray(input_pipeline.epoch_permutation(key, 20)))
+    slices = input_pipeline.batch_slices(20, 8)
     assert [s.stop - s.start for s in slices] == [8, 8, 4]
 
 
 @pytest.fixture(scope="module")
 def two_step_epochs(sgd_state, epoch_images):
     """Two epochs with the step-by-step loop: (states after each epoch, summed metrics)."""
-    step = train.make_train_step(max_traces=2)
+    step = steps.make_train_step(max_traces=2)
     state = sgd_state()
     results = []
     for epoch in (1, 2):
-        state, sums = train.train_epoch_steps(step, state, epoch_images,
-                                              jax.random.fold_in(jax.random.key(7), epoch), 8)
+        state, sums = train.run_epoch_steps(step, state, epoch_images,
+                                            jax.random.fold_in(jax.random.key(7), epoch), 8)
         results.append((jax.tree.map(jnp.copy, state), sums))
     return results
 
 
 def test_scan_epoch_equals_the_step_loop(sgd_state, epoch_images, two_step_epochs):
-    epoch_fn = train.make_train_epoch(batch_size=8, max_traces=1)
+    epoch_fn = steps.make_train_epoch(batch_size=8, max_traces=1)
     state = sgd_state()
     device_images = jax.device_put(epoch_images)
     for epoch, (expected_state, expected_sums) in zip((1, 2), two_step_epochs):
@@ -192,11 +193,11 @@ def test_scan_epoch_equals_the_step_loop(sgd_state, epoch_images, two_step_epoch
 
 def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
                                                       two_step_epochs):
-    step = train.make_train_step(max_traces=2)
+    step = steps.make_train_step(max_traces=2)
     state = sgd_state()
     for epoch in (1, 2):
-        state, _ = train.train_epoch_steps(step, state, epoch_images,
-                                           jax.random.fold_in(jax.random.key(7), epoch), 8)
+        state, _ = train.run_epoch_steps(step, state, epoch_images,
+                                         jax.random.fold_in(jax.random.key(7), epoch), 8)
     chex.assert_trees_all_equal(state.params, two_step_epochs[1][0].params)
     chex.assert_trees_all_equal(state.batch_stats, two_step_epochs[1][0].batch_stats)
     other = state_factory(optax.sgd(1e-5), seed=1)()
@@ -204,20 +205,22 @@ def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
                            state.params["decoder"]["deconv2"]["kernel"])
 
 
-def test_evaluate_averages_per_image(fresh_state, images):
+def test_test_loss_averages_per_image(fresh_state, images):
     state = fresh_state()
-    eval_fn = train.make_eval_step(max_traces=3)  # batches of 8, 5 and 3
-    whole = train.evaluate(eval_fn, state, images, jax.random.key(0), batch_size=8)
+    model = VAE()
+    whole = evaluate.neg_elbo(model, state.variables, images, jax.random.key(0),
+                              batch_size=8).averages()
     assert set(whole) == {"loss", "reconstruction", "kl"}
     np.testing.assert_allclose(whole["loss"], whole["reconstruction"] + whole["kl"], rtol=1e-5)
     # Eval mode: batching does not change the per-image KL (which uses no sample).
-    split = train.evaluate(eval_fn, state, images, jax.random.key(0), batch_size=5)
+    split = evaluate.neg_elbo(model, state.variables, images, jax.random.key(0),
+                              batch_size=5).averages()
     np.testing.assert_allclose(split["kl"], whole["kl"], rtol=1e-5)
 
 
 def test_dynamic_binarization_trains_on_binary_draws(fresh_state, images):
     state = fresh_state()
-    step = jax.jit(train.train_step, static_argnums=2)
+    step = jax.jit(steps.train_step, static_argnums=2)
     _, gray = step(state, images, False)
     _, binary = step(state, images, True)
     _, binary_again = step(state, images, True)
@@ -231,9 +234,11 @@ def test_dynamic_binarization_keeps_binary_images(fresh_state):
     binary_images = (np.random.default_rng(2).uniform(size=(4, 28, 28, 1)) > 0.5).astype(
         np.float32)
     gray_images = binary_images * 0.5 + 0.25
-    evaluate = jax.jit(train.eval_step, static_argnums=3)
-    key = jax.random.key(0)
-    chex.assert_trees_all_close(evaluate(state, binary_images, key, True)["kl"],
-                                evaluate(state, binary_images, key, False)["kl"], rtol=1e-6)
-    assert not np.allclose(evaluate(state, gray_images, key, True)["kl"],
-                           evaluate(state, gray_images, key, False)["kl"], rtol=1e-3)
+
+    def kl(images, binarize_mode):
+        return evaluate.neg_elbo(VAE(), state.variables, images, jax.random.key(0),
+                                 batch_size=4, binarize_mode=binarize_mode).kl
+
+    chex.assert_trees_all_close(kl(binary_images, "dynamic"), kl(binary_images, "none"),
+                                rtol=1e-6)
+    assert not np.allclose(kl(gray_images, "dynamic"), kl(gray_images, "none"), rtol=1e-3)

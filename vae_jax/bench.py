@@ -31,42 +31,34 @@ import sys
 import time
 from typing import Callable
 
+import jax
 import numpy as np
 
-from vae_jax.cli import OneLineParser, positive_int
+from vae_jax import cli, torch_reference
+from vae_jax.config import TrainConfig
+from vae_jax.errors import InputError
+from vae_jax.layers import IMPLEMENTATIONS, resolve_implementation
+from vae_jax.models import IMAGE_SIZE, VAE
+from vae_jax.steps import RunKeys, create_train_state, make_optimizer, make_train_step
 
-IMPLEMENTATION_CHOICES = ("auto", "xla", "matmul", "all")
 TORCH_HINT = "--vs-torch needs PyTorch: pip install torch==2.13.0"
-IMAGE_SIZE = 28
-LEARNING_RATE = 2e-3  # the course's Adam learning rate
+LEARNING_RATE = TrainConfig().learning_rate  # the course's
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    from vae_jax.platforms import PLATFORMS
-    parser = OneLineParser(prog="python -m vae_jax.bench",
-                           description="Time the VAE's jitted training step.")
-    parser.add_argument("--batch-size", type=positive_int, default=1024)
-    parser.add_argument("--steps", type=positive_int, default=10,
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.bench"),
+                               description="Time the VAE's jitted training step.")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=TrainConfig().batch_size)
+    parser.add_argument("--steps", type=cli.positive_int, default=10,
                         help="timed steps per round (default 10)")
-    parser.add_argument("--rounds", type=positive_int, default=None,
+    parser.add_argument("--rounds", type=cli.positive_int, default=None,
                         help="timing rounds of --steps steps; with --vs-torch JAX and PyTorch "
                              "alternate round by round (default 1, or 3 with --vs-torch)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=2,
+    parser.add_argument("--warmup", type=cli.non_negative_int, default=2,
                         help="untimed steps after compilation (default 2)")
-    parser.add_argument("--implementation", choices=IMPLEMENTATION_CHOICES, default="auto",
+    parser.add_argument("--implementation", choices=IMPLEMENTATIONS + ("all",), default="auto",
                         help="convolution implementation (vae_jax.layers); 'all' times each")
-    parser.add_argument("--platform", choices=PLATFORMS, default="auto",
-                        help="JAX backend (default: auto)")
+    cli.add_platform_flag(parser)
     parser.add_argument("--vs-torch", action="store_true",
                         help="also time the PyTorch original, interleaved, and print the ratio")
     parser.add_argument("--retain-memory", action="store_true",
@@ -75,10 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the summary lines")
-    args = parser.parse_args(argv)
-    if args.rounds is None:
-        args.rounds = 3 if args.vs_torch else 1
-    return args
+    return parser
 
 
 def num_threads() -> int:
@@ -144,15 +133,10 @@ class JaxRunner:
 
     @classmethod
     def build(cls, implementation: str, images: np.ndarray, seed: int) -> "JaxRunner":
-        import jax
-        from vae_jax import train
-        from vae_jax.models import VAE
-
-        keys = train.RunKeys.from_seed(seed)
-        state = train.create_train_state(VAE(implementation=implementation),
-                                         train.make_optimizer(LEARNING_RATE),
-                                         keys.init, keys.train)
-        step_fn = train.make_train_step()
+        keys = RunKeys.from_seed(seed)
+        state = create_train_state(VAE(implementation=implementation),
+                                   make_optimizer(LEARNING_RATE), keys.init, keys.train)
+        step_fn = make_train_step()
         device_images = jax.device_put(images)
         start = time.perf_counter()  # tracing, lowering and XLA compilation
         step_fn = step_fn.lower(state, device_images).compile()
@@ -160,14 +144,12 @@ class JaxRunner:
         return cls(implementation, compile_seconds, step_fn, state, device_images)
 
     def step(self) -> None:
-        import jax
         self.state, metrics = self.step_fn(self.state, self.images)
         jax.block_until_ready(metrics["loss"])
 
 
 def jax_peak_memory_bytes() -> tuple[int, str]:
     """(bytes, what): the device's peak use when JAX reports it, else the host's peak RSS."""
-    import jax
     device = jax.devices()[0]
     if device.platform != "cpu":
         try:
@@ -180,62 +162,27 @@ def jax_peak_memory_bytes() -> tuple[int, str]:
 
 
 class TorchRunner:
-    """The PyTorch original's training step (course notebook model, BCELoss(sum) + KL, Adam)."""
+    """The PyTorch original's training step (`vae_jax.torch_reference`: the course notebook's
+    model and loss, Adam 2e-3, `rsample`)."""
 
     def __init__(self, images: np.ndarray, seed: int, threads: int):
-        import torch
+        import torch  # optional: only for --vs-torch
         self.torch = torch
         torch.manual_seed(seed)
         torch.set_num_threads(threads)
-        self.model = build_torch_vae()
+        self.model = torch_reference.course_vae()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         self.images = torch.from_numpy(np.array(images.transpose(0, 3, 1, 2)))  # NCHW copy
         self.threads = torch.get_num_threads()
         self.version = torch.__version__
 
     def step(self) -> None:
-        torch = self.torch
-        from torch.distributions.kl import kl_divergence
-        from torch.distributions.normal import Normal
         self.optimizer.zero_grad()
-        recon, q_dist = self.model(self.images)
-        prior = Normal(torch.zeros_like(q_dist.mean), torch.ones_like(q_dist.stddev))
-        loss = (torch.nn.functional.binary_cross_entropy(recon, self.images, reduction="sum")
-                + kl_divergence(q_dist, prior).sum(-1).sum())
+        reconstructions, q_dist = self.model(self.images)
+        loss = torch_reference.course_loss(reconstructions, self.images, q_dist)
         loss.backward()
         self.optimizer.step()
         loss.item()
-
-
-def build_torch_vae():
-    """The course notebook's VAE (C2W2): Encoder + Normal(...).rsample() + Decoder."""
-    from torch import nn
-    from torch.distributions.normal import Normal
-
-    def block(layer, channels, activation):
-        return nn.Sequential(layer, nn.BatchNorm2d(channels), activation)
-
-    class VAE(nn.Module):
-        def __init__(self, z_dim=32, im_chan=1):
-            super().__init__()
-            self.z_dim = z_dim
-            self.encode = nn.Sequential(
-                block(nn.Conv2d(im_chan, 16, 4, 2), 16, nn.LeakyReLU(0.2, inplace=True)),
-                block(nn.Conv2d(16, 32, 4, 2), 32, nn.LeakyReLU(0.2, inplace=True)),
-                nn.Conv2d(32, 2 * z_dim, 4, 2))
-            self.decode = nn.Sequential(
-                block(nn.ConvTranspose2d(z_dim, 256, 3, 2), 256, nn.ReLU(inplace=True)),
-                block(nn.ConvTranspose2d(256, 128, 4, 1), 128, nn.ReLU(inplace=True)),
-                block(nn.ConvTranspose2d(128, 64, 3, 2), 64, nn.ReLU(inplace=True)),
-                nn.ConvTranspose2d(64, im_chan, 4, 2), nn.Sigmoid())
-
-        def forward(self, images):
-            encoding = self.encode(images).view(len(images), -1)
-            q_dist = Normal(encoding[:, :self.z_dim], encoding[:, self.z_dim:].exp())
-            z = q_dist.rsample()
-            return self.decode(z.view(len(z), self.z_dim, 1, 1)), q_dist
-
-    return VAE()
 
 
 def summarize(times: list[float], batch_size: int) -> dict:
@@ -265,7 +212,6 @@ def benchmark_implementation(args, implementation: str, images: np.ndarray,
         if torch_runner is not None:
             torch_times += time_steps(torch_runner.step, args.steps)
             round_medians.append(round(1e3 * statistics.median(torch_times[-args.steps:]), 2))
-    from vae_jax.layers import resolve_implementation
     result = {"implementation": implementation,
               "resolved_implementation": resolve_implementation(implementation),
               **summarize(jax_times, args.batch_size),
@@ -304,7 +250,6 @@ def torch_factory(args, images: np.ndarray) -> Callable[[], "TorchRunner | None"
 
 def run(args) -> dict:
     """Runs the benchmark described by the parsed flags; returns the report (a flat dict)."""
-    import jax
     images = random_images(args.batch_size, args.seed)
     get_torch = torch_factory(args, images)
     implementations = (("matmul", "xla") if args.implementation == "all"
@@ -342,31 +287,29 @@ def format_summary(report: dict) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace) -> None:
+    """What must happen before JAX starts: checking for torch, retaining freed memory."""
+    if args.rounds is None:
+        args.rounds = 3 if args.vs_torch else 1
     if args.vs_torch:
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  (optional: only for --vs-torch)
         except ImportError:
-            print(f"python -m vae_jax.bench: error: {TORCH_HINT}", file=sys.stderr)
-            return 2
-    retained = retain_freed_memory() if args.retain_memory else False
-    if args.retain_memory and not retained:
-        print("python -m vae_jax.bench: warning: --retain-memory needs glibc on Linux; ignored",
-              file=sys.stderr)
-    from vae_jax import platforms
-    try:
-        platforms.select_platform(args.platform)
-    except platforms.PlatformError as error:
-        print(f"python -m vae_jax.bench: error: {error}", file=sys.stderr)
-        return 2
+            raise InputError(TORCH_HINT) from None
+    args.retained_memory = retain_freed_memory() if args.retain_memory else False
+    if args.retain_memory and not args.retained_memory:
+        print(f"{cli.program_name('python -m vae_jax.bench')}: warning: --retain-memory needs "
+              "glibc on Linux; ignored", file=sys.stderr)
+
+
+def command(args: argparse.Namespace) -> None:
     report = run(args)
-    report["retain_memory"] = retained
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print("\n".join(format_summary(report)))
-    return 0
+    report["retain_memory"] = args.retained_memory
+    print(json.dumps(report) if args.json else "\n".join(format_summary(report)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv, before_platform=prepare)
 
 
 if __name__ == "__main__":

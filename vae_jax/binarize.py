@@ -8,8 +8,14 @@ true negative log-likelihood; the course's grayscale targets are not (see README
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
+
+# "none": the course's grayscale targets; "dynamic": Bernoulli(pixel) draws.
+BinarizeMode = Literal["none", "dynamic"]
+BINARIZE_MODES: tuple[str, ...] = get_args(BinarizeMode)
 
 
 def binarize(key: jax.Array, images: jax.Array) -> jax.Array:

@@ -1,8 +1,32 @@
-"""Pieces shared by the command lines: one-line flag errors and positive-number flags."""
+"""The command lines' one skeleton: flags, one-line errors and exit codes.
+
+Every command (`python train.py`, `python -m vae_jax.evaluate`, ..., or the installed
+`vae-jax-*` scripts) is a `main(argv) -> int` that calls `run(parser, body, argv)`:
+
+* a bad flag is one line (`PROG: error: argument --epochs: must be positive, got -1`) and
+  exit code 2, without argparse's usage block;
+* `--platform`, where the command has it, is applied before any computation;
+* a `vae_jax.errors.InputError` from the body is one line, `PROG: error: ...`, and exit code
+  2; a `vae_jax.errors.Stopped` run is one line, `PROG: ...`, and its own exit code.
+
+The flags that several commands share are defined here once (`add_platform_flag`,
+`add_model_flags`, `add_binarize_flags`), and `add_config_flags` derives a flag from each
+field of a settings dataclass such as `vae_jax.config.TrainConfig`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import sys
+import typing
+from typing import Any, Callable, Literal
+
+from vae_jax import checkpoints, platforms
+from vae_jax.binarize import BINARIZE_MODES
+from vae_jax.config import flag_name
+from vae_jax.errors import InputError, Stopped
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -10,6 +34,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def program_name(default: str) -> str:
+    """How the user called the command: an installed `vae-jax-*` script's name, else
+    `default` (e.g. `python -m vae_jax.evaluate`)."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return called if called.startswith("vae-jax-") else default
 
 
 def positive(kind):
@@ -27,3 +58,103 @@ def positive(kind):
 
 
 positive_int = positive(int)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+        argv: list[str] | None = None, *,
+        before_platform: Callable[[argparse.Namespace], None] | None = None) -> int:
+    """Parses `argv`, applies `--platform`, runs `body(args)` and returns the exit code
+    (`body`'s, or 0), turning known errors into one line on stderr (see the module
+    docstring). `before_platform(args)` runs first, for what must precede JAX's start."""
+    args = parser.parse_args(argv)
+    try:
+        if before_platform is not None:
+            before_platform(args)
+        if getattr(args, "platform", None) is not None:
+            platforms.select_platform(args.platform)
+        return body(args) or 0
+    except InputError as error:
+        print(f"{parser.prog}: error: {first_line(error)}", file=sys.stderr)
+        return 2
+    except Stopped as stop:
+        print(f"{parser.prog}: {first_line(stop)}", file=sys.stderr)
+        return stop.exit_code
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def add_platform_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--platform", choices=platforms.PLATFORMS, default="auto",
+                        help="JAX backend (default: auto, the best one available)")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One flag per field of the dataclass `config_class`, from its type, default and
+    metadata (see `vae_jax.config.setting`): `--field-name`, choices for a `Literal`,
+    `--no-field-name` for a boolean that defaults to True."""
+    types = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        meta, kind = field.metadata, types[field.name]
+        default_text = meta.get("default_text") or "%(default)s"
+        help_text = meta["help"].replace("%", "%%") + f" (default: {default_text})"
+        if kind is bool:
+            parser.add_argument(flag_name(field), dest=field.name, default=field.default,
+                                action="store_false" if field.default else "store_true",
+                                help=meta["help"].replace("%", "%%"))
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(flag_name(field), dest=field.name, default=field.default,
+                                choices=typing.get_args(kind), help=help_text)
+        else:
+            base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+            parser.add_argument(flag_name(field), dest=field.name, default=field.default,
+                                type=positive(base) if meta.get("positive") else base,
+                                metavar=meta.get("metavar"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, config_class: type) -> Any:
+    """The `config_class` instance that the flags of `add_config_flags` describe."""
+    return config_class(**{field.name: getattr(args, field.name)
+                           for field in dataclasses.fields(config_class)})
+
+
+def add_model_flags(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    """--workdir (a trained run or saved variables), --platform, and with `data` the
+    dataset flags of a command that reads images."""
+    parser.add_argument("--workdir", required=True,
+                        help="a training run (or a directory made by save_variables)")
+    add_platform_flag(parser)
+    if data:
+        parser.add_argument("--dataset", default="mnist",
+                            help="tfds dataset of 28x28 grayscale images (default: mnist)")
+        parser.add_argument("--data-dir", default=None,
+                            help="tfds data directory (default: $TFDS_DATA_DIR or tfds' own)")
+        parser.add_argument("--split", default="test",
+                            help="tfds split, e.g. 'test' or 'test[:500]' (default: test)")
+        parser.add_argument("--no-download", dest="download", action="store_false",
+                            help="fail at once if the dataset is not in the data directory")
+
+
+def add_binarize_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--binarize", choices=BINARIZE_MODES, default=None,
+                        help="none: grayscale images, as the course trains; dynamic: one "
+                             "Bernoulli(pixel) draw per image, comparable with the literature "
+                             "(default: what the run was trained with, else none)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def chosen_binarize_mode(args: argparse.Namespace) -> str:
+    """--binarize, else what the run in --workdir was trained with, else "none"."""
+    return args.binarize or checkpoints.training_binarize(args.workdir) or "none"

@@ -1,14 +1,11 @@
-"""Image grids written as PNG files (matplotlib, no display needed)."""
+"""Image grids and figures written as PNG files (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
@@ -24,29 +21,36 @@ def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     return mosaic
 
 
-def _save(figure, path: str) -> None:
+def figure(**kwargs) -> Figure:
+    """A matplotlib figure that needs no display and no pyplot (so no global state)."""
+    return Figure(**kwargs)
+
+
+def save_figure(figure: Figure, path: str) -> None:
+    """Writes a matplotlib figure as a PNG file (100 dpi, tight)."""
     figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
 
 
 def save_reconstructions(path: str, images: np.ndarray, reconstructions: np.ndarray,
                          title: str = "") -> None:
     """Two 5x5 grids side by side, "True" and "Reconstructed", as the course shows them."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4))
+    picture = figure(figsize=(8, 4.4))
+    left, right = picture.subplots(1, 2)
     for axis, grid, name in ((left, images, "True"), (right, reconstructions, "Reconstructed")):
         axis.imshow(tile(grid[:25], columns=5), cmap="gray", vmin=0, vmax=1)
         axis.set_title(name)
         axis.axis("off")
     if title:
-        figure.suptitle(title)
-    _save(figure, path)
+        picture.suptitle(title)
+    save_figure(picture, path)
 
 
 def save_samples(path: str, samples: np.ndarray, title: str = "") -> None:
     """A square grid of decoded samples (N, H, W, 1)."""
-    figure, axis = plt.subplots(figsize=(5, 5.3))
+    picture = figure(figsize=(5, 5.3))
+    axis = picture.subplots()
     axis.imshow(tile(samples), cmap="gray", vmin=0, vmax=1)
     axis.axis("off")
     if title:
         axis.set_title(title)
-    _save(figure, path)
+    save_figure(picture, path)

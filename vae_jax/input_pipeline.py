@@ -12,10 +12,13 @@ import os
 import jax
 import numpy as np
 
-IMAGE_SHAPE = (28, 28, 1)
+from vae_jax.errors import InputError
+from vae_jax.models import IMAGE_SIZE
+
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The dataset is unknown, missing, or not 28x28 grayscale images."""
 
 
@@ -25,12 +28,14 @@ def resolve_data_dir(data_dir: str | None) -> str:
         return os.path.abspath(os.path.expanduser(data_dir))
     if os.environ.get("TFDS_DATA_DIR"):
         return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
-    import tensorflow_datasets as tfds
-    return os.path.expanduser(tfds.core.constants.DATA_DIR)
+    return os.path.expanduser(_import_tfds().core.constants.DATA_DIR)
 
 
 def _import_tfds():
-    """tensorflow_datasets, with TensorFlow kept off any GPU (the GPU is JAX's)."""
+    """tensorflow_datasets, with TensorFlow quiet (errors only) and kept off any GPU (the
+    GPU is JAX's). Imported here, when data is needed, not with the package: TensorFlow
+    takes seconds to import, and sampling or plotting from saved variables never needs it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import tensorflow_datasets as tfds
     tf.config.set_visible_devices([], "GPU")
@@ -76,6 +81,11 @@ def load_split(name: str, split: str, data_dir: str | None = None, *, download: 
 def epoch_permutation(key: jax.Array, num_examples: int) -> jax.Array:
     """The order of the examples in one epoch: a permutation of range(num_examples)."""
     return jax.random.permutation(key, num_examples)
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    """How many batches cover `num_examples`: the last may be smaller."""
+    return -(-num_examples // batch_size)
 
 
 def batch_slices(num_examples: int, batch_size: int) -> list[slice]:

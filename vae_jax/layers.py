@@ -28,12 +28,11 @@ Two implementations compute each convolution:
   pass is the other's forward pass plus one matmul for the kernel gradient, so no pass ever
   runs a convolution or a scatter.
 
-XLA:CPU runs transposed and backward convolutions very slowly (a training step of this
-VAE took ~8 s at batch 1024 with `"xla"` on 2 cores, several times the `"matmul"` step; the
-README's Performance section has the measurements, `python -m vae_jax.bench` repeats them).
-The default `"auto"` takes `"matmul"` on CPU and `"xla"` on
-GPU/TPU (not measured there). Both give the same values and gradients within float32
-rounding (tests/test_layers.py).
+XLA:CPU runs transposed and backward convolutions very slowly, which is why `"matmul"`
+exists; the README's Performance section has the measurements, and `python -m vae_jax.bench
+--implementation all` repeats them. The default `"auto"` takes `"matmul"` on CPU and `"xla"`
+on GPU/TPU. Both give the same values and gradients within float32 rounding
+(tests/test_layers.py).
 
 BatchNorm's training mode also has a hand-written backward pass (`batch_norm_train`): two
 reductions and one elementwise pass, about half the passes over the activations that XLA
@@ -44,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +52,7 @@ from flax import linen as nn
 from jax import lax
 
 Implementation = Literal["auto", "xla", "matmul"]
-IMPLEMENTATIONS = ("auto", "xla", "matmul")
+IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 
 
 def torch_uniform_init(fan_in: int):

@@ -9,6 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The per-image metrics `vae_loss` reports: the negative ELBO and its two parts.
+METRIC_NAMES = ("loss", "reconstruction", "kl")
+
 
 def reconstruction_loss(logits: jax.Array, images: jax.Array) -> jax.Array:
     """Binary cross-entropy summed over pixels: (B, H, W, C) logits and targets -> (B,).
@@ -20,13 +23,17 @@ def reconstruction_loss(logits: jax.Array, images: jax.Array) -> jax.Array:
     return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=-1)
 
 
-def kl_divergence(mean: jax.Array, stddev: jax.Array) -> jax.Array:
-    """KL(N(mean, stddev^2) || N(0, I)) summed over latent dimensions: (B, z) -> (B,).
+def kl_per_dimension(mean: jax.Array, stddev: jax.Array) -> jax.Array:
+    """Closed-form KL(N(mean, stddev^2) || N(0, 1)) of each latent dimension: (B, z) -> (B, z).
 
-    Per dimension 0.5 * (mean^2 + stddev^2) - log(stddev) - 0.5.
+    0.5 * (mean^2 + stddev^2) - log(stddev) - 0.5.
     """
-    per_dim = 0.5 * (jnp.square(mean) + jnp.square(stddev)) - jnp.log(stddev) - 0.5
-    return per_dim.sum(axis=-1)
+    return 0.5 * (jnp.square(mean) + jnp.square(stddev)) - jnp.log(stddev) - 0.5
+
+
+def kl_divergence(mean: jax.Array, stddev: jax.Array) -> jax.Array:
+    """KL(N(mean, stddev^2) || N(0, I)) summed over latent dimensions: (B, z) -> (B,)."""
+    return kl_per_dimension(mean, stddev).sum(axis=-1)
 
 
 def vae_loss(logits: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array

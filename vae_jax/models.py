@@ -40,7 +40,8 @@ def _check_input(name: str, array: jax.Array, expected: tuple) -> None:
         shown = ", ".join("B" if want is None else str(want) for want in expected)
         raise ValueError(f"{name} must have shape ({shown}), got {shape}")
     if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point (scaled to [0, 1]), got dtype {array.dtype}")
+        raise ValueError(f"{name} must be floating point (scaled to [0, 1]), got dtype "
+                         f"{array.dtype}")
 
 
 class Encoder(nn.Module):
@@ -118,3 +119,13 @@ class VAE(nn.Module):
         mean, stddev = self.encode(images, train=train)
         z = reparameterize(key, mean, stddev)
         return self.decode(z, train=train), mean, stddev
+
+
+def variable_shapes(model: VAE) -> dict:
+    """`model`'s variables `{"params", "batch_stats"}` as `jax.ShapeDtypeStruct` leaves.
+
+    From `jax.eval_shape`: nothing is computed or compiled.
+    """
+    images = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, model.im_chan), jnp.float32)
+    return jax.eval_shape(
+        lambda: model.init(jax.random.key(0), images, jax.random.key(1), train=False))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax
 
+from vae_jax.errors import InputError
+
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 _JAX_PLATFORM_NAMES = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
 INSTALL_HINTS = {
@@ -12,7 +14,7 @@ INSTALL_HINTS = {
 }
 
 
-class PlatformError(RuntimeError):
+class PlatformError(InputError):
     """The requested platform has no usable device."""
 
 

@@ -22,7 +22,7 @@ trained on.
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
 import sys
 
@@ -30,29 +30,19 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import matplotlib.ticker
+import numpy as np
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vae_jax import evaluate, grids  # noqa: E402
-from vae_jax.binarize import binarize  # noqa: E402
-from vae_jax.models import VAE  # noqa: E402
+from vae_jax import cli, evaluate, grids, losses, metrics
+from vae_jax.binarize import binarize
+from vae_jax.checkpoints import load_model
+from vae_jax.input_pipeline import load_split
+from vae_jax.models import VAE
+from vae_jax.writers import METRICS_FILE, read_metrics
 
 # Pairs of digits to interpolate between, one row each.
 DIGIT_PAIRS = ((0, 6), (1, 7), (2, 3), (4, 9), (5, 8), (3, 8), (7, 9), (1, 4))
 INTERPOLATION_STEPS = 10
-
-
-def _save(figure, path: str) -> None:
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
-def read_metrics(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file, one per epoch, in file order."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # Runs longer than this get a second panel without the first epochs, whose losses would
@@ -68,14 +58,14 @@ def plot_training_curves(records: list[dict], path: str) -> None:
     panels = [records]
     if len(records) > ZOOM_AFTER_EPOCHS:
         panels.append(records[len(records) // 10:])
-    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2),
-                                squeeze=False)
+    figure = grids.figure(figsize=(6.5 * len(panels), 4.2))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, shown in zip(axes[0], panels):
         _plot_losses(axis, shown)
     axes[0][0].set_title("Training curves")
     if len(panels) > 1:
         axes[0][1].set_title(f"from epoch {panels[1][0]['epoch']}")
-    _save(figure, path)
+    grids.save_figure(figure, path)
 
 
 def _plot_losses(axis, records: list[dict]) -> None:
@@ -130,7 +120,8 @@ def plot_interpolations(starts: np.ndarray, decoded: np.ndarray, ends: np.ndarra
     cells = np.concatenate([starts[:, None], decoded, ends[:, None]], axis=1)
     mosaic = grids.tile(cells.reshape((-1,) + cells.shape[2:]), columns=steps + 2)
     cell = starts.shape[1] + 2
-    figure, axis = plt.subplots(figsize=(0.62 * (steps + 2) + 0.6, 0.62 * rows + 1.0))
+    figure = grids.figure(figsize=(0.62 * (steps + 2) + 0.6, 0.62 * rows + 1.0))
+    axis = figure.subplots()
     axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
     names = ["input"] + [f"{t:.2g}" for t in np.linspace(0, 1, steps)] + ["input"]
     axis.set_xticks([cell * (i + 0.5) for i in range(steps + 2)], names, fontsize=7)
@@ -146,7 +137,7 @@ def plot_interpolations(starts: np.ndarray, decoded: np.ndarray, ends: np.ndarra
         axis.axvline(x - 0.5, color="tab:red", linewidth=1)
     axis.set_title("Decoded linear interpolations between the posterior means of two test "
                    "images\n(t = 0 … 1; the inputs at both ends)", fontsize=9)
-    _save(figure, path)
+    grids.save_figure(figure, path)
 
 
 def pca_2d(points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -166,8 +157,9 @@ def plot_latent_map(means: np.ndarray, labels: np.ndarray, path: str) -> None:
     """The posterior means in 2-D (PCA when z_dim > 2), coloured by label."""
     z_dim = means.shape[1]
     points, explained = pca_2d(means)
-    figure, axis = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab10")
+    figure = grids.figure(figsize=(7, 6))
+    axis = figure.subplots()
+    cmap = matplotlib.colormaps["tab10"]
     for label in np.unique(labels):
         chosen = labels == label
         axis.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.5,
@@ -186,18 +178,19 @@ def plot_latent_map(means: np.ndarray, labels: np.ndarray, path: str) -> None:
         axis.set_xlabel("z[0]")
         axis.set_ylabel("z[1]" if z_dim == 2 else "")
     axis.grid(alpha=0.3)
-    _save(figure, path)
+    grids.save_figure(figure, path)
 
 
 def plot_kl_per_dim(kl_per_dim: np.ndarray, activity: np.ndarray, path: str,
-                    threshold: float = evaluate.ACTIVE_UNIT_THRESHOLD) -> None:
+                    threshold: float = metrics.ACTIVE_UNIT_THRESHOLD) -> None:
     """Bars of the mean KL of each latent dimension, largest first; active units in blue,
     inactive ones gray with a red x and a red index (their bars are often invisible)."""
     kl_per_dim, activity = np.asarray(kl_per_dim), np.asarray(activity)
     order = np.argsort(-kl_per_dim, kind="stable")
     active = activity > threshold
     colors = np.where(active[order], "tab:blue", "tab:gray")
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * len(order) + 2), 4.2))
+    figure = grids.figure(figsize=(max(6.0, 0.25 * len(order) + 2), 4.2))
+    axis = figure.subplots()
     axis.bar(np.arange(len(order)), kl_per_dim[order], color=colors)
     axis.set_xticks(np.arange(len(order)), [str(i) for i in order],
                     fontsize=7 if len(order) <= 64 else 4, rotation=90)
@@ -212,11 +205,10 @@ def plot_kl_per_dim(kl_per_dim: np.ndarray, activity: np.ndarray, path: str,
     axis.set_title(f"KL per latent dimension over the test set (total {kl_per_dim.sum():.2f} "
                    f"nats)\n{int(active.sum())} of {len(order)} active units "
                    f"(variance of E[z_i|x] > {threshold})", fontsize=10)
-    from matplotlib.patches import Patch
     axis.legend(handles=[Patch(color="tab:blue", label="active"),
                          Patch(color="tab:gray", label="inactive (×, red index)")])
     axis.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    grids.save_figure(figure, path)
 
 
 def make_plots(workdir: str, model: VAE, variables: dict, images: np.ndarray,
@@ -224,7 +216,7 @@ def make_plots(workdir: str, model: VAE, variables: dict, images: np.ndarray,
     """Writes the four pictures into `workdir` (training curves only with metrics.jsonl);
     returns the paths written."""
     written = []
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = os.path.join(workdir, METRICS_FILE)
     records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     if records:
         path = os.path.join(workdir, "training_curves.png")
@@ -250,43 +242,36 @@ def make_plots(workdir: str, model: VAE, variables: dict, images: np.ndarray,
     plot_latent_map(means, labels, path)
     written.append(path)
 
-    kl = np.asarray(evaluate.kl_per_dimension(means.astype(np.float64),
-                                              stddevs.astype(np.float64))).mean(axis=0)
+    kl = np.asarray(losses.kl_per_dimension(means.astype(np.float64),
+                                            stddevs.astype(np.float64))).mean(axis=0)
     path = os.path.join(workdir, "kl_per_dim.png")
-    plot_kl_per_dim(kl, evaluate.latent_activity(means), path)
+    plot_kl_per_dim(kl, metrics.latent_activity(means), path)
     written.append(path)
     return written
 
 
-def parse_args(argv=None):
-    parser = evaluate.OneLineParser(
-        prog="python -m vae_jax.plots",
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(
+        prog=cli.program_name("python -m vae_jax.plots"),
         description="Training curves, interpolations, latent map and KL per dimension of a "
                     "trained VAE, written into its run directory.")
-    evaluate.add_common_arguments(parser)
-    evaluate.add_binarize_arguments(parser)
-    return parser.parse_args(argv)
+    cli.add_model_flags(parser)
+    cli.add_binarize_flags(parser)
+    return parser
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    prog = "python -m vae_jax.plots"
-    if not evaluate.select_platform(prog, args.platform):
-        return 2
-    from vae_jax.input_pipeline import DatasetError
-    try:
-        model, variables, _ = evaluate.load_model(args.workdir)
-        images, labels = evaluate.load_images(args)
-    except (evaluate.EvaluationError, DatasetError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    if evaluate.chosen_binarize_mode(args) == "dynamic":  # what the encoder saw in training
+def command(args: argparse.Namespace) -> None:
+    model, variables, _ = load_model(args.workdir)
+    images, labels = load_split(args.dataset, args.split, args.data_dir, download=args.download)
+    if cli.chosen_binarize_mode(args) == "dynamic":  # what the encoder saw in training
         images = np.asarray(binarize(jax.random.key(args.seed), images))
     for path in make_plots(args.workdir, model, variables, images, labels):
         print(path)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -23,7 +23,8 @@ import sys
 
 import numpy as np
 
-from vae_jax.cli import OneLineParser
+from vae_jax import cli
+from vae_jax.errors import InputError
 from vae_jax.evaluate import format_bounds
 
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
@@ -31,7 +32,7 @@ WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
 MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
 
 
-class PoolingError(ValueError):
+class PoolingError(InputError):
     """Parts that cannot be pooled, named in one line."""
 
 
@@ -112,21 +113,23 @@ def load_part(path: str) -> dict:
     return part
 
 
-def main(argv=None) -> int:
-    prog = "python -m vae_jax.pool_evaluations"
-    parser = OneLineParser(prog=prog, description="Pool `vae_jax.evaluate --json` results "
-                                                  "over disjoint parts of a split.")
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.pool_evaluations"),
+                               description="Pool `vae_jax.evaluate --json` results over "
+                                           "disjoint parts of a split.")
     parser.add_argument("results", nargs="+", metavar="PART.json",
                         help="outputs of `python -m vae_jax.evaluate --json`")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    try:
-        pooled = pool([load_part(path) for path in args.results])
-    except PoolingError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def command(args: argparse.Namespace) -> None:
+    pooled = pool([load_part(path) for path in args.results])
     print(json.dumps(pooled) if args.json else format_summary(pooled))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv)
 
 
 if __name__ == "__main__":

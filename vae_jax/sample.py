@@ -9,13 +9,16 @@ seed gives the same picture). The default output is RUN/samples_seed{seed}.png.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 import jax
 import numpy as np
 
-from vae_jax import evaluate, grids
+from vae_jax import cli, evaluate, grids
+from vae_jax.checkpoints import load_model
+from vae_jax.errors import InputError
 from vae_jax.models import VAE
 
 
@@ -26,37 +29,31 @@ def sample_images(model: VAE, variables: dict, key: jax.Array, num: int) -> np.n
     return np.asarray(jax.nn.sigmoid(logits))
 
 
-def parse_args(argv=None):
-    parser = evaluate.OneLineParser(prog="python -m vae_jax.sample",
-                                    description="Decode samples z ~ N(0, I) into a PNG grid.")
-    evaluate.add_common_arguments(parser, data=False)
-    parser.add_argument("--num", type=evaluate.positive_int, default=64,
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.sample"),
+                               description="Decode samples z ~ N(0, I) into a PNG grid.")
+    cli.add_model_flags(parser, data=False)
+    parser.add_argument("--num", type=cli.positive_int, default=64,
                         help="how many samples (default 64, an 8x8 grid)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help="the PNG file (default: WORKDIR/samples_seed{SEED}.png)")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    prog = "python -m vae_jax.sample"
-    if not evaluate.select_platform(prog, args.platform):
-        return 2
+def command(args: argparse.Namespace) -> None:
     out = args.out or os.path.join(args.workdir, f"samples_seed{args.seed}.png")
-    try:
-        model, variables, _ = evaluate.load_model(args.workdir)
-    except evaluate.EvaluationError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+    model, variables, _ = load_model(args.workdir)
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
-        print(f"{prog}: error: --out {out}: {directory} is not a directory", file=sys.stderr)
-        return 2
+        raise InputError(f"--out {out}: {directory} is not a directory")
     samples = sample_images(model, variables, jax.random.key(args.seed), args.num)
     grids.save_samples(out, samples, title=f"{args.num} samples from the prior, seed {args.seed}")
     print(out)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,13 @@ import os
 import sys
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+
+from vae_jax import cli
+from vae_jax.checkpoints import save_variables
+from vae_jax.errors import InputError
+from vae_jax.models import VAE, variable_shapes
 
 # (PyTorch module prefix, vae-jax module path, kind)
 LAYERS: tuple[tuple[str, tuple[str, str], str], ...] = (
@@ -77,19 +83,14 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
+class StateDictError(InputError):
+    """A state dict that is not the course VAE's: a missing or unexpected key, a wrong shape."""
+
+
 def _expected_shapes(z_dim: int, im_chan: int) -> dict[str, dict]:
-    """Shapes of `vae_jax.VAE(z_dim, im_chan)`'s variables, from `jax.eval_shape` (no compute)."""
-    import jax
-    import jax.numpy as jnp
-
-    from vae_jax.models import IMAGE_SIZE, VAE
-
+    """Shapes of `vae_jax.VAE(z_dim, im_chan)`'s variables (no compute)."""
     model = VAE(z_dim=z_dim, im_chan=im_chan, implementation="xla")
-    images = jax.ShapeDtypeStruct((1, IMAGE_SIZE, IMAGE_SIZE, im_chan), jnp.float32)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    shapes = jax.eval_shape(
-        lambda k, x: model.init(k, x, k, train=False), key, images)
-    return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
+    return jax.tree.map(lambda leaf: tuple(leaf.shape), variable_shapes(model))
 
 
 def torch_shape(kind: str, suffix: str, jax_shape: tuple) -> tuple:
@@ -103,7 +104,7 @@ def infer_z_dim(state_dict: Mapping[str, Any]) -> int:
     """z_dim of a course state dict: the decoder's first ConvTranspose2d has z_dim inputs."""
     key = "decode.gen.0.0.weight"
     if key not in state_dict:
-        raise ValueError(f"missing key {key!r}: not a state dict of the course's VAE")
+        raise StateDictError(f"missing key {key!r}: not a state dict of the course's VAE")
     return int(np.shape(_to_numpy(state_dict[key]))[0])
 
 
@@ -117,13 +118,13 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
     arrays, ready for `VAE(z_dim=..., im_chan=...).apply`.
     """
     if not isinstance(state_dict, Mapping):
-        raise ValueError(f"expected a state dict (a mapping of names to tensors), "
+        raise StateDictError(f"expected a state dict (a mapping of names to tensors), "
                          f"got {type(state_dict).__name__}")
     found_z_dim = infer_z_dim(state_dict)
     if z_dim is None:
         z_dim = found_z_dim
     elif found_z_dim != z_dim:
-        raise ValueError(f"state dict is for z_dim={found_z_dim} ('decode.gen.0.0.weight' has "
+        raise StateDictError(f"state dict is for z_dim={found_z_dim} ('decode.gen.0.0.weight' has "
                          f"shape {_to_numpy(state_dict['decode.gen.0.0.weight']).shape}), "
                          f"but z_dim={z_dim} was requested")
     shapes = _expected_shapes(z_dim, im_chan)
@@ -137,10 +138,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
             jax_shape = shapes[collection][part][name][leaf]
             want = torch_shape(kind, suffix, jax_shape)
             if key not in state_dict:
-                raise ValueError(f"missing key {key!r} (expected shape {want})")
+                raise StateDictError(f"missing key {key!r} (expected shape {want})")
             value = _to_numpy(state_dict[key])
             if value.shape != want:
-                raise ValueError(
+                raise StateDictError(
                     f"wrong shape for {key!r}: expected {want} "
                     f"(VAE(z_dim={z_dim}, im_chan={im_chan})), got {value.shape}")
             if suffix == "weight" and kind in _KERNEL_PERM:
@@ -150,7 +151,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
     unexpected = sorted(k for k in state_dict
                         if k not in expected_keys and not k.endswith(_IGNORED_SUFFIXES))
     if unexpected:
-        raise ValueError(f"unexpected key {unexpected[0]!r}"
+        raise StateDictError(f"unexpected key {unexpected[0]!r}"
                          + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
                          + ": not a state dict of the course's VAE")
     return variables
@@ -184,59 +185,65 @@ def unwrap_state_dict(loaded: Any) -> Mapping[str, Any]:
                 return unwrap_state_dict(loaded[key])
     if hasattr(loaded, "state_dict") and callable(loaded.state_dict):
         return loaded.state_dict()
-    raise ValueError("no course VAE state dict found (expected keys like "
+    raise StateDictError("no course VAE state dict found (expected keys like "
                      "'encode.disc.0.0.weight', at the top level or under "
                      f"one of {list(_WRAPPER_KEYS)})")
 
 
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m vae_jax.torch_port",
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(
+        prog=cli.program_name("python -m vae_jax.torch_port"),
         description="Convert the course notebook's trained PyTorch VAE (a state_dict saved "
                     "with torch.save) into a vae-jax checkpoint.")
     parser.add_argument("model", help="the .pt/.pth file written by torch.save")
     parser.add_argument("--workdir", required=True,
                         help="directory to write the vae-jax variables into")
-    args = parser.parse_args(argv)
+    return parser
 
-    def fail(message: str) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return 2
 
-    if not os.path.isfile(args.model):
-        return fail(f"no such file: {args.model}")
+def read_state_dict(path: str) -> Mapping[str, Any]:
+    """The course VAE's state dict in the file `path` written by `torch.save`."""
+    if not os.path.isfile(path):
+        raise InputError(f"no such file: {path}")
     try:
-        import torch
+        import torch  # only to read the file: converting needs no torch
     except ImportError:
-        return fail("reading a .pt file needs PyTorch: pip install torch")
+        raise InputError("reading a .pt file needs PyTorch: pip install torch") from None
     try:
-        loaded = torch.load(args.model, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - one line for any unreadable file
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return fail(f"cannot load {args.model}: {type(error).__name__}: {first_line}")
+        raise InputError(f"cannot load {path}: {type(error).__name__}: "
+                         f"{cli.first_line(error)}") from None
     try:
-        state_dict = unwrap_state_dict(loaded)
+        return unwrap_state_dict(loaded)
+    except ValueError as error:
+        raise InputError(f"{path}: {error}") from None
+
+
+def command(args: argparse.Namespace) -> None:
+    state_dict = read_state_dict(args.model)
+    try:
         z_dim = infer_z_dim(state_dict)
         conv1 = state_dict.get("encode.disc.0.0.weight")
         im_chan = int(np.shape(_to_numpy(conv1))[1]) if conv1 is not None else 1
         variables = from_torch_state_dict(state_dict, z_dim=z_dim, im_chan=im_chan)
     except (ValueError, IndexError) as error:
-        return fail(f"{args.model}: {error}")
-
-    from vae_jax.checkpoints import save_variables
-
-    config = {"z_dim": z_dim, "im_chan": im_chan}  # what vae_jax.train writes too
+        raise InputError(f"{args.model}: {error}") from None
+    config = {"z_dim": z_dim, "im_chan": im_chan}  # the model configuration, as training's
     try:
         save_variables(args.workdir, variables, config)
     except Exception as error:  # noqa: BLE001
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return fail(f"cannot write {args.workdir}: {type(error).__name__}: {first_line}")
+        raise InputError(f"cannot write {args.workdir}: {type(error).__name__}: "
+                         f"{cli.first_line(error)}") from None
     count = sum(v.size for layer in variables["params"].values()
                 for leaves in layer.values() for v in leaves.values())
     print(f"converted {args.model} (VAE(z_dim={z_dim}, im_chan={im_chan}), {count:,} "
           f"parameters) -> {args.workdir}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

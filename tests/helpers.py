@@ -1,0 +1,75 @@
+"""What several test modules share: paths, the test configuration, and saved models."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import vae_jax
+from vae_jax.config import TrainConfig, write_config_file
+from vae_jax.models import variable_shapes
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """The test configuration: the course's model on a few mock images, small batches.
+
+    Like flax's examples' configs/test.py: everything that makes a run fast, nothing that
+    changes what it computes. Pair it with `tfds.testing.mock_data`.
+    """
+    settings = dict(epochs=1, batch_size=16, seed=5)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def real_mnist_dir():
+    """$TFDS_DATA_DIR when it holds the prepared mnist, else None."""
+    data_dir = os.environ.get("TFDS_DATA_DIR")
+    if data_dir and os.path.isdir(os.path.join(data_dir, "mnist")):
+        return data_dir
+    return None
+
+
+requires_real_mnist = pytest.mark.skipif(
+    real_mnist_dir() is None, reason="TFDS_DATA_DIR does not hold the prepared mnist")
+
+
+def untrained_variables(seed: int = 0) -> dict:
+    """Variables of an untrained VAE (z_dim 32) without compiling `VAE().init`.
+
+    Kernels are uniform in ±1/sqrt(fan_in), biases 0, BatchNorm scale 1 and its running
+    statistics mean 0, var 1.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
+            return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+        value = 1.0 if name in ("scale", "var") else 0.0
+        return np.full(leaf.shape, value, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, variable_shapes(vae_jax.VAE()))
+
+
+def save_untrained(workdir) -> str:
+    """Saves untrained variables and config.json into `workdir`; returns it as a string."""
+    vae_jax.save_variables(str(workdir), untrained_variables(), MODEL_CONFIG)
+    return str(workdir)
+
+
+def save_legacy_run(workdir, settings):
+    """A run as vae-jax saved it before config.json held the settings: they were in each
+    checkpoint's `config` item, and config.json had the model configuration only."""
+    manager = ocp.CheckpointManager(str(workdir / "checkpoints"), options=(
+        ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)))
+    with manager:
+        manager.save(1, args=ocp.args.Composite(
+            variables=ocp.args.StandardSave(untrained_variables()),
+            train_state=ocp.args.StandardSave({"step": np.zeros((), np.int32)}),
+            config=ocp.args.JsonSave(settings)))
+    write_config_file(str(workdir), MODEL_CONFIG)

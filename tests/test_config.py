@@ -1,0 +1,42 @@
+"""A run's settings (vae_jax.config): defined once, checked once, stored in config.json."""
+
+import dataclasses
+
+import pytest
+
+from vae_jax.config import (ResumeMismatchError, TrainConfig, read_config_file,
+                            write_config_file)
+from vae_jax.errors import InputError
+
+
+def test_the_settings_a_resume_must_match():
+    must_match = {field.name for field in dataclasses.fields(TrainConfig)
+                  if field.metadata["resume_must_match"]}
+    assert must_match == {"z_dim", "batch_size", "learning_rate", "seed", "dataset",
+                          "train_split", "binarize"}
+
+
+def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):
+    saved = TrainConfig(batch_size=64).to_json()
+    TrainConfig(batch_size=64, epochs=20, keep=5).check_resumable(saved, "runs/a")
+    with pytest.raises(ResumeMismatchError,
+                       match=r"^--batch-size 128 differs from 64 of the run saved in runs/a; "):
+        TrainConfig(batch_size=128).check_resumable(saved, "runs/a")
+    with pytest.raises(ResumeMismatchError, match="^--binarize dynamic differs from none"):
+        TrainConfig(batch_size=64, binarize="dynamic").check_resumable(saved, "runs/a")
+
+
+@pytest.mark.parametrize("field, value", [("binarize", "static"), ("epoch_mode", "fast"),
+                                          ("implementation", "gpu")])
+def test_modes_are_checked_when_the_config_is_made(field, value):
+    with pytest.raises(InputError, match=f"{field} must be one of .*, got '{value}'"):
+        TrainConfig(**{field: value})
+
+
+def test_config_json_holds_the_model_and_every_setting(tmp_path):
+    config = TrainConfig(z_dim=8, seed=3)
+    write_config_file(str(tmp_path), config.to_json())
+    saved = read_config_file(str(tmp_path))
+    assert saved["z_dim"] == 8 and saved["im_chan"] == 1
+    assert TrainConfig(**{name: saved[name] for name in dataclasses.asdict(config)}) == config
+    assert read_config_file(str(tmp_path / "elsewhere")) == {}
