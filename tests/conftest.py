@@ -26,3 +26,12 @@ def model():
 @pytest.fixture(scope="session")
 def variables(model, images):
     return model.init(jax.random.key(0), images, jax.random.key(1), train=False)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """A finished three-epoch run (tests.helpers.run_in_process); copy it before changing it."""
+    from tests.helpers import run_in_process
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    assert run_in_process(workdir) == 0
+    return workdir

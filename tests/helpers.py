@@ -6,10 +6,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow_datasets as tfds
 
 import vae_jax
+from vae_jax import checkpoints, train
 from vae_jax.config import TrainConfig, write_config_file
 from vae_jax.models import variable_shapes
+from vae_jax.workdir import LOCK_FILE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
@@ -73,3 +76,30 @@ def save_legacy_run(workdir, settings):
             train_state=ocp.args.StandardSave({"step": np.zeros((), np.int32)}),
             config=ocp.args.JsonSave(settings)))
     write_config_file(str(workdir), MODEL_CONFIG)
+
+
+# The run that several test modules resume, damage and compare against: 3 epochs of 3
+# batches of 16 mock images (`tfds.testing.mock_data`), checkpoints at steps 3, 6 and 9.
+NUM_EXAMPLES = 48
+RUN_FLAGS = ["--epochs", "3", "--batch-size", "16", "--no-progress", "--seed", "5"]
+
+
+def run_in_process(workdir, *extra) -> int:
+    """The training command on the mock data, in this process; returns its exit code."""
+    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
+        return train.main([*RUN_FLAGS, "--workdir", str(workdir),
+                           "--data-dir", str(workdir) + "-data", *extra])
+
+
+def full_state(workdir):
+    """(step, every array) of the newest checkpoint: variables, optimizer state, step, key."""
+    with checkpoints.RunCheckpoints(str(workdir)) as run:
+        return run.restore_newest(("variables", "train_state"), quarantine=False)
+
+
+def snapshot(directory):
+    """Every saved file's size and modification time under `directory` (not the lock file,
+    which a run holds while it checks the directory, and which holds no data)."""
+    return {os.path.join(root, name): (os.stat(os.path.join(root, name)).st_size,
+                                       os.stat(os.path.join(root, name)).st_mtime_ns)
+            for root, _, names in os.walk(directory) for name in names if name != LOCK_FILE}

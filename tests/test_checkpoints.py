@@ -15,13 +15,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from tests.helpers import REPO_ROOT, save_legacy_run, tiny_config
+from tests.helpers import (NUM_EXAMPLES, REPO_ROOT, RUN_FLAGS, full_state, run_in_process,
+                           save_legacy_run, snapshot, tiny_config)
 from vae_jax import checkpoints, train
 from vae_jax.config import ResumeMismatchError
 from vae_jax.errors import NonFiniteLossError
-
-NUM_EXAMPLES = 48  # 3 batches of 16 per epoch
-FLAGS = ["--epochs", "3", "--batch-size", "16", "--no-progress", "--seed", "5"]
 
 # Runs the training command in a child process (signals and SIGKILL need a real process)
 # on the same mock data the tests use in-process.
@@ -34,15 +32,9 @@ with tfds.testing.mock_data(num_examples={n}):
 """.format(n=NUM_EXAMPLES)
 
 
-def run_in_process(workdir, *extra):
-    with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        return train.main([*FLAGS, "--workdir", str(workdir), "--data-dir", str(workdir) + "-data",
-                           *extra])
-
-
 def start_child(workdir, *extra):
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, *FLAGS, "--workdir", str(workdir),
+        [sys.executable, "-c", CHILD, *RUN_FLAGS, "--workdir", str(workdir),
          "--data-dir", str(workdir) + "-data", *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -58,26 +50,6 @@ def wait_for_checkpoint(workdir, process, at_least_step, timeout=300):
             return
         time.sleep(0.05)
     raise AssertionError("no checkpoint appeared")
-
-
-def snapshot(directory):
-    """Every file's size and modification time under `directory`."""
-    return {os.path.join(root, name): (os.stat(os.path.join(root, name)).st_size,
-                                       os.stat(os.path.join(root, name)).st_mtime_ns)
-            for root, _, names in os.walk(directory) for name in names}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    assert run_in_process(workdir) == 0
-    return workdir
-
-
-def full_state(workdir):
-    """All arrays of the newest checkpoint: variables and optimizer state, step, key."""
-    with checkpoints.RunCheckpoints(str(workdir)) as run:
-        return run.restore_newest(("variables", "train_state"), quarantine=False)
 
 
 def test_checkpoint_holds_the_whole_train_state(uninterrupted):

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import importlib
 import importlib.metadata
+import warnings
 
 import pytest
 
@@ -36,10 +37,10 @@ def test_every_setting_has_a_flag_with_its_default():
 def test_flags_set_the_settings():
     args = config_parser().parse_args([
         "--epochs", "3", "--batch-size", "64", "--learning-rate", "1e-3", "--z-dim", "8",
-        "--seed", "-4", "--data-dir", "/data", "--no-download", "--train-split", "train[:10%]",
+        "--seed", "4", "--data-dir", "/data", "--no-download", "--train-split", "train[:10%]",
         "--binarize", "dynamic", "--epoch-mode", "scan", "--checkpoint-every", "5"])
     assert cli.config_from_args(args, TrainConfig) == TrainConfig(
-        epochs=3, batch_size=64, learning_rate=1e-3, z_dim=8, seed=-4, data_dir="/data",
+        epochs=3, batch_size=64, learning_rate=1e-3, z_dim=8, seed=4, data_dir="/data",
         download=False, train_split="train[:10%]", binarize="dynamic", epoch_mode="scan",
         checkpoint_every=5)
 
@@ -85,6 +86,20 @@ def test_run_turns_known_errors_into_one_line_and_exit_codes(capsys):
     assert run_body(capsys, stopped) == (1, ["prog: stopped early"])
     assert run_body(capsys, lambda args: None) == (0, [])
     assert run_body(capsys, lambda args: 3) == (3, [])
+
+
+def test_run_prints_a_warning_in_one_line(capsys):
+    """Inside a command a warning reads `PROG: warning: ...` (pytest records warnings
+    instead of printing them, so the test asks the formatter directly)."""
+    printed = []
+
+    def warns(args):
+        printed.append(warnings.formatwarning(
+            UserWarning("checkpoint 9 is unreadable\n(details)"), UserWarning, "x.py", 3))
+
+    assert run_body(capsys, warns) == (0, [])
+    assert printed == ["prog: warning: checkpoint 9 is unreadable\n"]
+    assert "x.py:3: UserWarning" in warnings.formatwarning("elsewhere", UserWarning, "x.py", 3)
 
 
 def test_run_lets_other_errors_through(capsys):

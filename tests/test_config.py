@@ -13,7 +13,7 @@ def test_the_settings_a_resume_must_match():
     must_match = {field.name for field in dataclasses.fields(TrainConfig)
                   if field.metadata["resume_must_match"]}
     assert must_match == {"z_dim", "batch_size", "learning_rate", "seed", "dataset",
-                          "train_split", "binarize"}
+                          "train_split", "binarize", "epoch_mode"}
 
 
 def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):

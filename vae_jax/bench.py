@@ -64,7 +64,7 @@ def build_parser() -> cli.OneLineParser:
     parser.add_argument("--retain-memory", action="store_true",
                         help="keep freed memory in the process (glibc mallopt) so that steps "
                              "do not page-fault their temporary buffers back in")
-    parser.add_argument("--seed", type=int, default=0)
+    cli.add_seed_flag(parser)
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the summary lines")
     return parser

@@ -3,22 +3,29 @@
 Everything is written with orbax (no pickle: loading runs no code from files). A training
 run's directory holds:
 
-* `checkpoints/<step>/` (an orbax `CheckpointManager`), each with two items: `variables`
-  (`{"params", "batch_stats"}`) and `train_state` (optimizer state, step, PRNG key data,
-  the epoch's running metric sums). orbax writes a checkpoint under a temporary name and
-  renames it when complete, so a crash during a save leaves no checkpoint that restores to
-  something wrong;
+* `checkpoints/<step>/` (an orbax `CheckpointManager`), each with three items: `variables`
+  (`{"params", "batch_stats"}`), `train_state` (optimizer state, step, PRNG key data, the
+  epoch's running metric sums) and `digests` (the SHA-256 of every array of the other two,
+  `vae_jax.digests`). orbax writes a checkpoint under a temporary name and renames it when
+  complete, so a crash during a save leaves no checkpoint that restores to something wrong;
+  and a checkpoint damaged afterwards (a flipped bit, a truncated file) fails its digests
+  or cannot be read: it gets a warning, is moved to `unreadable_checkpoints/`, and the one
+  before it is used;
 * `config.json`: the model configuration and the run's settings (`vae_jax.config`).
 
 A directory made by `save_variables` (e.g. by `python -m vae_jax.torch_port`) holds
-`variables/` and a `config.json` with the model configuration only. `load_variables` and
-`load_model` read either kind.
+`variables/` (with `variables/digests.json`) and a `config.json` with the model
+configuration only. `load_variables` and `load_model` read either kind.
 """
 
 from __future__ import annotations
 
+import glob
+import json
+import logging
 import os
 import shutil
+import sys
 import warnings
 from typing import Any, Callable
 
@@ -27,20 +34,36 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vae_jax import digests
 from vae_jax.binarize import BINARIZE_MODES
 from vae_jax.config import TrainConfig, read_config_file, write_config_file
 from vae_jax.errors import InputError
 from vae_jax.losses import METRIC_NAMES
 from vae_jax.models import VAE, variable_shapes
 from vae_jax.steps import TrainState
+from vae_jax.workdir import (CHECKPOINTS_DIR, CONFIG_FILE, QUARANTINE_DIR, VARIABLES_DIR,
+                             command_line, exclusive, holds_training_run, require_writable)
 
-CHECKPOINTS_DIR = "checkpoints"
-VARIABLES_DIR = "variables"
-QUARANTINE_DIR = "unreadable_checkpoints"
+DIGESTS_ITEM = "digests"
+DIGESTS_FILE = "digests.json"  # inside a `save_variables` directory
 
 
 class CheckpointError(InputError):
     """A directory holds no readable variables or checkpoints, or ones that fit no VAE."""
+
+
+class CheckpointWriteError(InputError):
+    """A checkpoint could not be written (a full disk, say); the earlier ones are intact."""
+
+
+def write_failure(error: Exception) -> str:
+    """Why a write failed, in a few words: a full disk or a permission named plainly."""
+    text = " ".join(str(error).split())
+    if getattr(error, "errno", None) == 28 or "No space left on device" in text:
+        return "the disk is full (No space left on device)"
+    if getattr(error, "errno", None) == 13 or "Permission denied" in text:
+        return "permission denied"
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def _variables_tree(variables) -> dict:
@@ -55,14 +78,34 @@ def save_variables(workdir: str, variables: dict, config: dict | None = None) ->
     """Writes `{"params", "batch_stats"}` (and the model `config`) into `workdir`.
 
     An existing `variables/` is replaced only once the new one is complete. Returns the path.
+    Refuses (CheckpointError) a `workdir` that holds a training run, whose config.json this
+    would overwrite, and one that another process is writing (`vae_jax.workdir`).
     """
+    check_variables_target(workdir)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    with exclusive(workdir, command_line()):
+        return _save_variables(workdir, variables, config)
+
+
+def check_variables_target(workdir: str) -> None:
+    """Raises InputError unless variables can be saved into `workdir`: it must be writable
+    and must not hold a training run (whose config.json they would overwrite)."""
+    require_writable(workdir, (VARIABLES_DIR, CONFIG_FILE))
+    if holds_training_run(workdir, read_config_file(workdir)):
+        raise CheckpointError(f"--workdir {workdir} holds a training run; saving variables "
+                              "there would overwrite its config.json: choose another directory")
+
+
+def _save_variables(workdir: str, variables: dict, config: dict | None) -> str:
+    _quiet_orbax()
     target = os.path.join(workdir, VARIABLES_DIR)
     staging = target + ".saving"
     shutil.rmtree(staging, ignore_errors=True)
+    tree = jax.device_get(_variables_tree(variables))
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(staging, jax.device_get(_variables_tree(variables)))
+        checkpointer.save(staging, tree)
+    with open(os.path.join(staging, DIGESTS_FILE), "w") as file:
+        json.dump(digests.tree_digests(tree), file)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
     if config is not None:
@@ -83,11 +126,17 @@ def load_variables(workdir: str) -> dict:
     if not os.path.isdir(path):
         raise CheckpointError(f"no saved variables in {workdir} (expected "
                               f"{os.path.join(workdir, CHECKPOINTS_DIR)} or {path})")
+    _quiet_orbax()
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.restore(path)
+        digests_path = os.path.join(path, DIGESTS_FILE)
+        if os.path.exists(digests_path):  # absent in directories saved by earlier versions
+            with open(digests_path) as file:
+                digests.verify(tree, json.load(file), "variable")
     except Exception as error:  # orbax raises many types for damaged files
-        raise CheckpointError(f"cannot read variables in {path}: {error}") from error
+        raise CheckpointError(f"cannot read variables in {path}: {type(error).__name__}: "
+                              f"{error}") from error
     return jax.tree.map(np.asarray, _variables_tree(tree))
 
 
@@ -131,7 +180,12 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
             raise CheckpointError(f"the variables in {workdir} are not the course VAE's "
                                   f"and there is no config.json") from None
     config.setdefault("im_chan", 1)
-    model = VAE(z_dim=int(config["z_dim"]), im_chan=int(config["im_chan"]))
+    for key in ("z_dim", "im_chan"):
+        if not (isinstance(config[key], int) and not isinstance(config[key], bool)
+                and config[key] > 0):
+            raise CheckpointError(f"{os.path.join(workdir, CONFIG_FILE)} is damaged: {key} "
+                                  f"must be a positive integer, got {config[key]!r}")
+    model = VAE(z_dim=config["z_dim"], im_chan=config["im_chan"])
     shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731
     if shapes(variable_shapes(model)) != shapes(variables):
         raise CheckpointError(f"the variables in {workdir} do not fit a VAE with z_dim="
@@ -158,6 +212,7 @@ class RunCheckpoints:
         self.close()
 
     def _open(self) -> ocp.CheckpointManager:
+        _quiet_orbax()
         if self._manager is None:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
@@ -170,33 +225,46 @@ class RunCheckpoints:
             return []
         return sorted(self._open().all_steps())
 
-    def delete_all(self) -> None:
-        """Removes every checkpoint (for a run started over with --fresh --overwrite)."""
-        self.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
     def save(self, step: int, variables: dict, train_state: dict) -> None:
-        """Saves a checkpoint at `step` (arrays are fetched from the device first)."""
-        self._open().save(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardSave(jax.device_get(_variables_tree(variables))),
-            train_state=ocp.args.StandardSave(jax.device_get(train_state))), force=True)
+        """Saves a checkpoint at `step`, with the digests of its arrays (which are fetched
+        from the device first)."""
+        trees = {"variables": jax.device_get(_variables_tree(variables)),
+                 "train_state": jax.device_get(train_state)}
+        try:
+            self._open().save(step, args=ocp.args.Composite(
+                **{item: ocp.args.StandardSave(tree) for item, tree in trees.items()},
+                **{DIGESTS_ITEM: ocp.args.JsonSave(
+                    {item: digests.tree_digests(tree) for item, tree in trees.items()})}),
+                force=True)
+        except Exception as error:  # orbax raises many types for a failed write
+            try:
+                self._open().wait_until_finished()  # its threads, before the cleanup
+            except Exception:  # noqa: BLE001 - the same failure again
+                pass
+            self.close()
+            for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+                shutil.rmtree(partial, ignore_errors=True)
+            kept = [saved for saved in self.steps() if saved != step]
+            raise CheckpointWriteError(
+                f"cannot save the checkpoint of step {step} in {self.directory}: "
+                f"{write_failure(error)}; "
+                + (f"the last good checkpoint (step {kept[-1]}) stays" if kept
+                   else "there is no earlier checkpoint")) from error
 
     def save_train_state(self, state: TrainState, epoch_sums: dict | None) -> None:
         """Saves the whole train state and the running sums of an unfinished epoch."""
         self.save(int(state.step), state.variables, _train_state_tree(state, epoch_sums))
 
     def restore_or_initialize(self, initialize: Callable[[], TrainState], *,
-                              config: TrainConfig | None = None, fresh: bool = False
+                              config: TrainConfig | None = None
                               ) -> tuple[TrainState, dict | None, bool]:
         """(state, the epoch's metric sums so far, restored?): the newest readable checkpoint,
         else `initialize()` (whose result also gives the shapes to restore into).
 
-        `fresh` deletes every checkpoint first. Otherwise, when there is a run to resume, the
-        `config` must agree with its saved settings (`TrainConfig.check_resumable`).
+        When there is a run to resume, `config` must agree with its saved settings
+        (`TrainConfig.check_resumable`).
         """
-        if fresh:
-            self.delete_all()
-        elif config is not None and self.steps():
+        if config is not None and self.steps():
             config.check_resumable(read_run_config(self.workdir), self.workdir)
         state = initialize()
         restored = self.restore_newest(
@@ -226,19 +294,30 @@ class RunCheckpoints:
         for step in reversed(self.steps()):
             args = {item: ocp.args.JsonRestore() if item == "config"
                     else ocp.args.StandardRestore(targets.get(item)) for item in items}
+            # Checkpoints written before digests existed are restored unverified.
+            verified = self._has_item(step, DIGESTS_ITEM)
+            if verified:
+                args[DIGESTS_ITEM] = ocp.args.JsonRestore()
             try:
                 restored = self._open().restore(step, args=ocp.args.Composite(**args))
+                for item in items:
+                    if verified and item != "config":
+                        digests.verify(restored[item], restored[DIGESTS_ITEM][item],
+                                       f"{item} array")
             except Exception as error:  # orbax raises many types for damaged files
                 self._warn_unreadable(step, error, quarantine)
                 continue
             return step, {item: restored[item] for item in items}
         return None
 
+    def _has_item(self, step: int, item: str) -> bool:
+        return os.path.isdir(os.path.join(self.directory, str(step), item))
+
     def legacy_config(self) -> dict:
         """The settings that checkpoints written before config.json held them carry in a
         `config` item: the newest such checkpoint's, else {}."""
         for step in reversed(self.steps()):
-            if os.path.isdir(os.path.join(self.directory, str(step), "config")):
+            if self._has_item(step, "config"):
                 restored = self.restore_newest(("config",), quarantine=False)
                 return {} if restored is None else dict(restored[1]["config"])
         return {}
@@ -248,10 +327,8 @@ class RunCheckpoints:
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         moved = ""
         if quarantine:
-            target_dir = os.path.join(self.workdir, QUARANTINE_DIR)
-            os.makedirs(target_dir, exist_ok=True)
-            target = os.path.join(target_dir, str(step))
-            shutil.rmtree(target, ignore_errors=True)
+            target = _unused_path(os.path.join(self.workdir, QUARANTINE_DIR, str(step)))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(source, target)
             self.close()  # orbax caches the list of steps
             moved = f"; moved to {target}"
@@ -269,3 +346,45 @@ def _train_state_tree(state: TrainState, epoch_sums: dict | None) -> dict:
     zero = {name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES}
     return {"opt_state": state.opt_state, "step": state.step,
             "key": jax.random.key_data(state.key), "epoch_sums": epoch_sums or zero}
+
+
+def _unused_path(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: the first that does not exist (so a step
+    quarantined twice keeps both copies)."""
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
+
+
+def _quiet_orbax() -> None:
+    """Keeps orbax's own reports of a failed save or restore off the screen, for good.
+
+    vae-jax reports every failed save or restore itself, in one line (a checkpoint write
+    error, or a warning that names an unreadable checkpoint and the fallback). orbax would
+    bury that line: its threads log each failure again with a traceback (through absl's
+    logger), and when a restore fails, tensorstore's reads still in flight finish after
+    orbax has closed their asyncio event loop and each reports `RuntimeError: Event loop is
+    closed` through `sys.unraisablehook`, a dozen tracebacks in all, some after the restore
+    has returned. This drops exactly those: the absl log records that orbax's own modules
+    emit at warning level or above, and those unraisable errors. Everything else passes.
+    """
+    global _orbax_quieted
+    if _orbax_quieted:
+        return
+    _orbax_quieted = True
+    logging.getLogger("absl").addFilter(
+        lambda record: not (record.levelno >= logging.WARNING
+                            and f"{os.sep}orbax{os.sep}" in record.pathname))
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
+_orbax_quieted = False

@@ -7,7 +7,10 @@ Every command (`python train.py`, `python -m vae_jax.evaluate`, ..., or the inst
   exit code 2, without argparse's usage block;
 * `--platform`, where the command has it, is applied before any computation;
 * a `vae_jax.errors.InputError` from the body is one line, `PROG: error: ...`, and exit code
-  2; a `vae_jax.errors.Stopped` run is one line, `PROG: ...`, and its own exit code.
+  2, and so is an `OSError` (a full disk, an unwritable file); a `vae_jax.errors.Stopped`
+  run is one line, `PROG: ...`, and its own exit code; Ctrl-C is `PROG: interrupted` and
+  exit code 130;
+* a warning (a damaged checkpoint set aside, say) is one line, `PROG: warning: ...`.
 
 The flags that several commands share are defined here once (`add_platform_flag`,
 `add_model_flags`, `add_binarize_flags`), and `add_config_flags` derives a flag from each
@@ -18,14 +21,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import typing
+import warnings
 from typing import Any, Callable, Literal
 
 from vae_jax import checkpoints, platforms
 from vae_jax.binarize import BINARIZE_MODES
-from vae_jax.config import flag_name
+from vae_jax.config import MAX_SEED, flag_name
 from vae_jax.errors import InputError, Stopped
 
 
@@ -60,6 +65,23 @@ def positive(kind):
 positive_int = positive(int)
 
 
+def bounded_int(low: int, high: int):
+    """An argparse type: an int in low..high (both included)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+seed = bounded_int(0, MAX_SEED)
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: an int >= 0."""
     try:
@@ -78,6 +100,20 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     (`body`'s, or 0), turning known errors into one line on stderr (see the module
     docstring). `before_platform(args)` runs first, for what must precede JAX's start."""
     args = parser.parse_args(argv)
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_warning_line, parser.prog)
+    try:
+        return _run_body(parser, body, args, before_platform)
+    finally:
+        warnings.formatwarning = previous_format
+
+
+def _warning_line(prog, message, category, filename, lineno, line=None) -> str:
+    """A warning as one line, `PROG: warning: ...` (not Python's two, with a source line)."""
+    return f"{prog}: warning: {first_line(message)}\n"
+
+
+def _run_body(parser, body, args, before_platform) -> int:
     try:
         if before_platform is not None:
             before_platform(args)
@@ -90,6 +126,14 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     except Stopped as stop:
         print(f"{parser.prog}: {first_line(stop)}", file=sys.stderr)
         return stop.exit_code
+    except OSError as error:  # the environment: a full disk, a file that cannot be written
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"{parser.prog}: error: {error.strerror or first_line(error)}{where}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves a checkpoint first)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def first_line(error: BaseException) -> str:
@@ -119,9 +163,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
                                 choices=typing.get_args(kind), help=help_text)
         else:
             base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+            parse = (bounded_int(0, meta["maximum"]) if meta.get("maximum") is not None
+                     else positive(base) if meta.get("positive") else base)
             parser.add_argument(flag_name(field), dest=field.name, default=field.default,
-                                type=positive(base) if meta.get("positive") else base,
-                                metavar=meta.get("metavar"), help=help_text)
+                                type=parse, metavar=meta.get("metavar"), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, config_class: type) -> Any:
@@ -137,14 +182,33 @@ def add_model_flags(parser: argparse.ArgumentParser, data: bool = True) -> None:
                         help="a training run (or a directory made by save_variables)")
     add_platform_flag(parser)
     if data:
-        parser.add_argument("--dataset", default="mnist",
-                            help="tfds dataset of 28x28 grayscale images (default: mnist)")
+        parser.add_argument("--dataset", default=None,
+                            help="tfds dataset of 28x28 grayscale images (default: the one the "
+                                 "run was trained on, else mnist)")
         parser.add_argument("--data-dir", default=None,
-                            help="tfds data directory (default: $TFDS_DATA_DIR or tfds' own)")
-        parser.add_argument("--split", default="test",
-                            help="tfds split, e.g. 'test' or 'test[:500]' (default: test)")
+                            help="tfds data directory (default: the run's, where it exists, "
+                                 "else $TFDS_DATA_DIR or tfds' own)")
+        parser.add_argument("--split", default=None,
+                            help="tfds split, e.g. 'test' or 'test[:500]' (default: the run's "
+                                 "test split, else test)")
         parser.add_argument("--no-download", dest="download", action="store_false",
                             help="fail at once if the dataset is not in the data directory")
+
+
+def apply_run_defaults(args: argparse.Namespace) -> None:
+    """Fills --dataset, --split and --data-dir that were not given from the run in
+    --workdir (what it was trained and tested on), else mnist's test split."""
+    run = checkpoints.read_run_config(args.workdir)
+    args.dataset = args.dataset or run.get("dataset") or "mnist"
+    args.split = args.split or run.get("test_split") or "test"
+    if args.data_dir is None and isinstance(run.get("data_dir"), str) and os.path.isdir(
+            run["data_dir"]):
+        args.data_dir = run["data_dir"]
+
+
+def add_seed_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=seed, default=0,
+                        help=f"every random draw derives from it, 0 to {MAX_SEED} (default 0)")
 
 
 def add_binarize_flags(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +216,7 @@ def add_binarize_flags(parser: argparse.ArgumentParser) -> None:
                         help="none: grayscale images, as the course trains; dynamic: one "
                              "Bernoulli(pixel) draw per image, comparable with the literature "
                              "(default: what the run was trained with, else none)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
 
 
 def chosen_binarize_mode(args: argparse.Namespace) -> str:

@@ -20,22 +20,26 @@ from typing import Any, Literal, Mapping
 from vae_jax.binarize import BinarizeMode
 from vae_jax.errors import InputError
 from vae_jax.layers import Implementation
+from vae_jax.workdir import CONFIG_FILE
 
-CONFIG_FILE = "config.json"
 EpochMode = Literal["auto", "steps", "scan"]
+MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
 
 
-def setting(default, help: str, *, positive: bool = False, resume_must_match: bool = False,
-            flag: str | None = None, default_text: str | None = None, metavar: str | None = None):
+def setting(default, help: str, *, positive: bool = False, maximum: int | None = None,
+            resume_must_match: bool = False, flag: str | None = None,
+            default_text: str | None = None, metavar: str | None = None):
     """A TrainConfig field: its default plus what the command line needs to know.
 
-    `positive`: the flag refuses values <= 0. `flag`: the flag's spelling when it is not
-    `--field-name` (e.g. `--no-download` for `download=True`). `default_text`: how the help
-    shows the default, when not the value itself.
+    `positive`: values <= 0 are refused (`maximum` bounds from above; `seed` takes
+    0..MAX_SEED). `flag`: the flag's spelling when it is not `--field-name` (e.g.
+    `--no-download` for `download=True`). `default_text`: how the help shows the default,
+    when not the value itself.
     """
     return dataclasses.field(default=default, metadata={
-        "help": help, "positive": positive, "resume_must_match": resume_must_match,
-        "flag": flag, "default_text": default_text, "metavar": metavar})
+        "help": help, "positive": positive, "maximum": maximum,
+        "resume_must_match": resume_must_match, "flag": flag, "default_text": default_text,
+        "metavar": metavar})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,8 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8)",
                                    positive=True, resume_must_match=True)
     z_dim: int = setting(32, "latent dimensions", positive=True, resume_must_match=True)
-    seed: int = setting(0, "everything random (init, shuffling, samples) derives from it",
-                        resume_must_match=True)
+    seed: int = setting(0, f"everything random (init, shuffling, samples) derives from it; "
+                        f"0 to {MAX_SEED}", maximum=MAX_SEED, resume_must_match=True)
     dataset: str = setting("mnist", "a tfds dataset of 28x28 grayscale images (mnist, "
                            "fashion_mnist, kmnist, ...)", resume_must_match=True)
     data_dir: str | None = setting(None, "tfds data directory",
@@ -67,7 +71,9 @@ class TrainConfig:
         resume_must_match=True)
     epoch_mode: EpochMode = setting(
         "auto", "steps: a jitted step per batch, with a progress bar; scan: the epoch as one "
-        "jitted lax.scan on the device; auto: steps on CPU, scan on GPU/TPU")
+        "jitted lax.scan on the device; auto: steps on CPU, scan on GPU/TPU (the two differ "
+        "in the last bits, so a run resumes in the mode it started with)",
+        resume_must_match=True)
     implementation: Implementation = setting(
         "auto", "convolution implementation (vae_jax.layers): auto takes matmul on CPU and "
         "xla on GPU/TPU")
@@ -81,6 +87,13 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise InputError(f"{name} must be one of {', '.join(choices)}, got "
                                  f"{getattr(self, name)!r}")
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if meta["positive"] and not value > 0 and not (
+                    field.name == "checkpoint_every" and value == 0):
+                raise InputError(f"{field.name} must be positive, got {value}")
+            if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
+                raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")
 
     def model_config(self) -> dict[str, Any]:
         """What `vae_jax.VAE` is built from: `{"z_dim": ..., "im_chan": 1}`."""
@@ -93,11 +106,12 @@ class TrainConfig:
 
     def check_resumable(self, saved: Mapping[str, Any], directory: str) -> None:
         """Raises ResumeMismatchError naming the first setting that differs from `saved`
-        (a run's config.json) where the result would differ."""
+        (a run's config.json) where the result would differ. A run stores its modes
+        resolved (`epoch_mode` "steps" or "scan"); a saved "auto" is not compared."""
         for field in dataclasses.fields(self):
             name = field.name
             if field.metadata["resume_must_match"] and name in saved and (
-                    saved[name] != getattr(self, name)):
+                    saved[name] != getattr(self, name)) and saved[name] != "auto":
                 raise ResumeMismatchError(
                     f"{flag_name(field)} {getattr(self, name)} differs from {saved[name]} of "
                     f"the run saved in {directory}; pass the same value, or --fresh "
@@ -124,15 +138,44 @@ def flag_name(field: dataclasses.Field) -> str:
 def write_config_file(workdir: str, config: Mapping[str, Any]) -> None:
     """Writes `config` as workdir/config.json, replacing the old file only once complete."""
     path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as file:
-        json.dump(dict(config), file, indent=2, sort_keys=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as file:
+        json.dump(dict(config), file, indent=2, sort_keys=True, allow_nan=False)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(path + ".tmp", path)
 
 
+class ConfigFileError(InputError):
+    """A config.json that cannot be read or is not a JSON object."""
+
+
 def read_config_file(workdir: str) -> dict[str, Any]:
-    """workdir/config.json as a dict ({} when there is none)."""
+    """workdir/config.json as a dict ({} when there is none).
+
+    Raises ConfigFileError (one line) when the file is unreadable, is not JSON, or does not
+    hold a JSON object.
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return {}
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file, parse_constant=_refuse_constant)
+    except OSError as error:
+        raise ConfigFileError(f"cannot read {path}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigFileError(f"{path} is damaged: it is not JSON ({_reason(error)})") from None
+    if not isinstance(config, dict):
+        raise ConfigFileError(f"{path} is damaged: it holds a {type(config).__name__}, not a "
+                              "JSON object")
+    return config
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg}, line {error.lineno}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

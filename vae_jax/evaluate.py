@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -47,6 +48,7 @@ from vae_jax.models import VAE, variable_shapes
 DEFAULT_IWAE_SAMPLES = 5000
 DEFAULT_BATCH_SIZE = 100
 DECODES_PER_CALL = 2000  # default IWAE chunk: about this many decoder images per step
+MAX_IWAE_SAMPLES = 2**31 - 1  # sample indices are int32
 
 
 class EvaluationError(InputError):
@@ -222,6 +224,11 @@ def iwae_log_likelihoods(model: VAE, variables: dict, elbo: ElboPass, key: jax.A
     return np.concatenate(log_px)
 
 
+def _json_numbers(values: tuple[float, ...]) -> tuple[float | None, ...]:
+    """None for a number that is not finite (a standard error of one image): JSON has none."""
+    return tuple(value if math.isfinite(value) else None for value in values)
+
+
 def default_chunk_size(num_samples: int, batch_size: int) -> int:
     """Samples per decoder call: about DECODES_PER_CALL decoded images, at most K."""
     return max(1, min(num_samples, DECODES_PER_CALL // batch_size))
@@ -262,8 +269,8 @@ def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int
 
     if not (np.all(np.isfinite(elbo.neg_elbo)) and np.all(np.isfinite(log_px))):
         raise EvaluationError("the model gives non-finite values on these images")
-    neg_elbo_mean, neg_elbo_stderr = metrics.mean_and_stderr(elbo.neg_elbo)
-    nll, nll_stderr = metrics.mean_and_stderr(-log_px)
+    neg_elbo_mean, neg_elbo_stderr = _json_numbers(metrics.mean_and_stderr(elbo.neg_elbo))
+    nll, nll_stderr = _json_numbers(metrics.mean_and_stderr(-log_px))
     activity = metrics.latent_activity(elbo.mean)
     kl_dims = losses.kl_per_dimension(elbo.mean.astype(np.float64),
                                       elbo.stddev.astype(np.float64)).mean(axis=0)
@@ -295,10 +302,14 @@ def format_bounds(result: dict) -> list[str]:
     elbo_label = "negative ELBO (1 sample)"
     iwae_label = f"NLL bound (IWAE, K={result['iwae_samples']})"
     width = max(len(elbo_label), len(iwae_label))
+
+    def stderr(value):  # None for a single image
+        return "n/a" if value is None else f"{value:.2f}"
+
     return [
-        f"  {elbo_label:<{width}} {result['neg_elbo']:8.2f} ± {result['neg_elbo_stderr']:.2f} "
+        f"  {elbo_label:<{width}} {result['neg_elbo']:8.2f} ± {stderr(result['neg_elbo_stderr'])} "
         f"nats  (reconstruction {result['reconstruction']:.2f} + KL {result['kl']:.2f})",
-        f"  {iwae_label:<{width}} {result['nll_iwae']:8.2f} ± {result['nll_iwae_stderr']:.2f} "
+        f"  {iwae_label:<{width}} {result['nll_iwae']:8.2f} ± {stderr(result['nll_iwae_stderr'])} "
         "nats",
     ]
 
@@ -330,10 +341,12 @@ def build_parser() -> cli.OneLineParser:
     parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.evaluate"),
                                description="Evaluate a trained VAE in nats on a tfds split.")
     cli.add_model_flags(parser)
-    parser.add_argument("--iwae-samples", type=cli.positive_int, default=DEFAULT_IWAE_SAMPLES,
+    parser.add_argument("--iwae-samples", type=cli.bounded_int(1, MAX_IWAE_SAMPLES),
+                        default=DEFAULT_IWAE_SAMPLES,
                         metavar="K", help="importance samples per image for the NLL bound "
                                           f"(default {DEFAULT_IWAE_SAMPLES})")
-    parser.add_argument("--iwae-chunk", type=cli.positive_int, default=None, metavar="S",
+    parser.add_argument("--iwae-chunk", type=cli.bounded_int(1, MAX_IWAE_SAMPLES), default=None,
+                        metavar="S",
                         help="IWAE samples per decoder call (default: about "
                              f"{DECODES_PER_CALL} decoded images per call)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=DEFAULT_BATCH_SIZE,
@@ -348,6 +361,7 @@ def build_parser() -> cli.OneLineParser:
 
 def command(args: argparse.Namespace) -> None:
     model, variables, _ = load_model(args.workdir)
+    cli.apply_run_defaults(args)
     images, _ = load_split(args.dataset, args.split, args.data_dir, download=args.download)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = evaluate_model(model, variables, images, seed=args.seed,
@@ -355,7 +369,7 @@ def command(args: argparse.Namespace) -> None:
                             chunk_size=args.iwae_chunk,
                             binarize_mode=cli.chosen_binarize_mode(args), progress=progress)
     result.update(workdir=os.path.abspath(args.workdir), dataset=args.dataset, split=args.split)
-    print(json.dumps(result) if args.json else format_summary(result))
+    print(json.dumps(result, allow_nan=False) if args.json else format_summary(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,12 @@ is a pure function of (key, epoch).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import threading
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -16,6 +21,7 @@ from vae_jax.errors import InputError
 from vae_jax.models import IMAGE_SIZE
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+DOWNLOAD_NOTICE_SECONDS = 2.0  # a download still running after this says what it is doing
 
 
 class DatasetError(InputError):
@@ -43,39 +49,109 @@ def _import_tfds():
 
 
 def load_split(name: str, split: str, data_dir: str | None = None, *, download: bool = True,
-               ) -> tuple[np.ndarray, np.ndarray]:
+               log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loads a whole tfds split: images (N, 28, 28, 1) float32 in [0, 1], labels (N,) int32.
 
-    Raises DatasetError with one line naming the dataset and the data directory when the
-    dataset is unknown, not prepared there and not downloadable, or not 28x28 grayscale.
+    Raises DatasetError with one line naming the dataset (and the data directory or the
+    split) when the name or the split cannot be parsed or is unknown, the split selects no
+    images, the dataset is not 28x28 grayscale images with labels, it is not prepared and
+    not downloadable, or its files cannot be read. A download still running after a moment
+    says so through `log` (default: stderr), and where it goes.
     """
+    if not name.strip():
+        raise DatasetError("the dataset name is empty")
     tfds = _import_tfds()
     directory = resolve_data_dir(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=directory)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DatasetError(f"unknown tfds dataset {name!r}") from None
-    image_shape = tuple(builder.info.features["image"].shape)
-    if image_shape != IMAGE_SHAPE:
-        raise DatasetError(f"dataset {name!r} has images of shape {image_shape}; "
-                           f"the course model needs {IMAGE_SHAPE}")
-    try:
-        dataset = tfds.load(name, split=split, data_dir=directory, download=download,
-                            batch_size=10_000)
-    except AssertionError:  # tfds' way of saying the data is not in the directory
+    builder = _builder(tfds, name, directory)
+    if builder.is_prepared():
+        _check_split(builder, name, split)
+    elif not download:
         raise DatasetError(f"dataset {name!r} is not prepared in {directory} and downloading "
-                           f"is off") from None
-    except (OSError, tfds.core.download.DownloadError) as error:
-        raise DatasetError(f"dataset {name!r} is not in {directory} and downloading it "
-                           f"failed: {type(error).__name__}") from None
+                           f"is off")
+    else:
+        notice = (f"dataset {name!r} is not prepared in {directory}: downloading and "
+                  "preparing it with tensorflow-datasets (this needs the internet; "
+                  "--no-download fails at once instead)")
+        try:
+            with _notice_after(DOWNLOAD_NOTICE_SECONDS, notice, log or _to_stderr):
+                builder.download_and_prepare()
+        except (OSError, tfds.core.download.DownloadError) as error:
+            raise DatasetError(f"dataset {name!r} is not in {directory} and downloading it "
+                               f"failed: {type(error).__name__}: {_first_line(error)}"
+                               ) from None
+    try:
+        dataset = builder.as_dataset(split=split, batch_size=10_000)
+    except (ValueError, KeyError) as error:  # a split only a fresh download could check
+        raise DatasetError(f"split {split!r} of dataset {name!r}: {_first_line(error)}"
+                           ) from None
     images, labels = [], []
-    for batch in tfds.as_numpy(dataset):
-        images.append(batch["image"])
-        labels.append(batch["label"])
+    try:
+        for batch in tfds.as_numpy(dataset):
+            images.append(batch["image"])
+            labels.append(batch["label"])
+    except Exception as error:  # TensorFlow's errors for damaged files (DataLossError, ...)
+        raise DatasetError(f"cannot read split {split!r} of dataset {name!r} in {directory}: "
+                           f"its files look damaged ({type(error).__name__}: "
+                           f"{_first_line(error)})") from None
     if not images:
         raise DatasetError(f"split {split!r} of dataset {name!r} in {directory} is empty")
     images = np.concatenate(images).astype(np.float32) / 255.0
     return images, np.concatenate(labels).astype(np.int32)
+
+
+def _builder(tfds, name: str, directory: str):
+    """tfds' builder of `name`, checked to hold 28x28 grayscale images with labels."""
+    try:
+        builder = tfds.builder(name, data_dir=directory)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DatasetError(f"unknown tfds dataset {name!r}") from None
+    except (ValueError, AssertionError) as error:  # unparsable names, unknown versions
+        raise DatasetError(f"cannot use dataset {name!r}: {_first_line(error)}") from None
+    features = builder.info.features
+    if not all(key in features for key in ("image", "label")):
+        raise DatasetError(f"dataset {name!r} has no 'image' and 'label' features (it has "
+                           f"{', '.join(features.keys())}); the course model needs 28x28 "
+                           "grayscale images")
+    image_shape = tuple(features["image"].shape)
+    if image_shape != IMAGE_SHAPE:
+        raise DatasetError(f"dataset {name!r} has images of shape {image_shape}; "
+                           f"the course model needs {IMAGE_SHAPE}")
+    return builder
+
+
+def _check_split(builder, name: str, split: str) -> None:
+    """Raises DatasetError unless `split` parses, exists and selects at least one image."""
+    try:
+        count = builder.info.splits[split].num_examples
+    except (ValueError, KeyError) as error:
+        raise DatasetError(f"split {split!r} of dataset {name!r}: {_first_line(error)}"
+                           ) from None
+    if count <= 0:
+        raise DatasetError(f"split {split!r} of dataset {name!r} selects no images")
+
+
+def _first_line(error: Exception) -> str:
+    """A tfds error message on one line, without its links (at most 300 characters)."""
+    text = " ".join(str(error).split())
+    text = re.sub(r"\s*See format at:? \S+|\{\{.*?\}\}\s*|\s*\[Op:.*$", "", text)
+    return text[:300] or type(error).__name__
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _notice_after(seconds: float, message: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Calls `log(message)` if the body is still running after `seconds` (a download that
+    takes a while says what it is doing; one that finishes at once says nothing)."""
+    timer = threading.Timer(seconds, log, (message,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def epoch_permutation(key: jax.Array, num_examples: int) -> jax.Array:

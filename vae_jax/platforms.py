@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 from vae_jax.errors import InputError
@@ -35,3 +37,20 @@ def select_platform(platform: str) -> str:
             f"--platform {platform}: no usable {platform.upper()} found by JAX; "
             f"{INSTALL_HINTS[platform]}") from None
     return backend
+
+
+def memory_bytes() -> int | None:
+    """The memory of JAX's first device: a GPU/TPU's own (`bytes_limit`), else the host's
+    physical memory; None where neither is known."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        try:
+            limit = (device.memory_stats() or {}).get("bytes_limit")
+        except Exception:  # noqa: BLE001 - backends without memory statistics
+            limit = None
+        if limit:
+            return int(limit)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None

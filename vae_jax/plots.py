@@ -38,7 +38,8 @@ from vae_jax.binarize import binarize
 from vae_jax.checkpoints import load_model
 from vae_jax.input_pipeline import load_split
 from vae_jax.models import VAE
-from vae_jax.writers import METRICS_FILE, read_metrics
+from vae_jax.workdir import METRICS_FILE, require_writable
+from vae_jax.writers import read_metrics
 
 # Pairs of digits to interpolate between, one row each.
 DIGIT_PAIRS = ((0, 6), (1, 7), (2, 3), (4, 9), (5, 8), (3, 8), (7, 9), (1, 4))
@@ -72,14 +73,16 @@ def _plot_losses(axis, records: list[dict]) -> None:
     epochs = [record["epoch"] for record in records]
     for key, label, style in (("train_loss", "train (epoch mean, training mode)", "o-"),
                               ("test_loss", "test (after the epoch, eval mode)", "s-")):
-        values = [record.get(key) for record in records]
+        values = [value if isinstance(value := record.get(key), (int, float)) else None
+                  for record in records]
         if any(value is not None for value in values):
             axis.plot(epochs, values, style, label=label,
                       markersize=6 if len(epochs) <= ZOOM_AFTER_EPOCHS else 2)
     if records:
         last = records[-1]
-        axis.annotate(f"{last['test_loss']:.1f}", (last["epoch"], last["test_loss"]),
-                      textcoords="offset points", xytext=(0, 8), ha="center")
+        if isinstance(last.get("test_loss"), (int, float)):
+            axis.annotate(f"{last['test_loss']:.1f}", (last["epoch"], last["test_loss"]),
+                          textcoords="offset points", xytext=(0, 8), ha="center")
         axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
         axis.legend()
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -217,7 +220,7 @@ def make_plots(workdir: str, model: VAE, variables: dict, images: np.ndarray,
     returns the paths written."""
     written = []
     metrics_path = os.path.join(workdir, METRICS_FILE)
-    records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+    records = read_metrics(metrics_path, warn=log) if os.path.exists(metrics_path) else []
     if records:
         path = os.path.join(workdir, "training_curves.png")
         plot_training_curves(records, path)
@@ -261,7 +264,9 @@ def build_parser() -> cli.OneLineParser:
 
 
 def command(args: argparse.Namespace) -> None:
+    require_writable(args.workdir)
     model, variables, _ = load_model(args.workdir)
+    cli.apply_run_defaults(args)
     images, labels = load_split(args.dataset, args.split, args.data_dir, download=args.download)
     if cli.chosen_binarize_mode(args) == "dynamic":  # what the encoder saw in training
         images = np.asarray(binarize(jax.random.key(args.seed), images))

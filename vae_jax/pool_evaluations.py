@@ -36,14 +36,15 @@ class PoolingError(InputError):
     """Parts that cannot be pooled, named in one line."""
 
 
-def pooled_mean_and_stderr(means, stderrs, sizes) -> tuple[float, float]:
+def pooled_mean_and_stderr(means, stderrs, sizes) -> tuple[float, float | None]:
     """The mean and standard error (ddof=1) of the union of disjoint samples, each given by
     its mean, standard error (sample std / sqrt(n)) and size n. Each argument: (parts,)."""
+    stderrs = [np.nan if value is None else value for value in stderrs]  # None: one image
     means, stderrs, sizes = (np.asarray(values, np.float64) for values in (means, stderrs, sizes))
     total = sizes.sum()
     mean = float(np.sum(sizes * means) / total)
     if total < 2:
-        return mean, float("nan")
+        return mean, None
     within = np.sum(np.where(sizes > 1, stderrs**2 * sizes * (sizes - 1), 0.0))
     between = np.sum(sizes * (means - mean) ** 2)
     return mean, float(math.sqrt((within + between) / (total - 1) / total))
@@ -125,7 +126,7 @@ def build_parser() -> cli.OneLineParser:
 
 def command(args: argparse.Namespace) -> None:
     pooled = pool([load_part(path) for path in args.results])
-    print(json.dumps(pooled) if args.json else format_summary(pooled))
+    print(json.dumps(pooled, allow_nan=False) if args.json else format_summary(pooled))
 
 
 def main(argv: list[str] | None = None) -> int:

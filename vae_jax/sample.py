@@ -21,32 +21,59 @@ from vae_jax.checkpoints import load_model
 from vae_jax.errors import InputError
 from vae_jax.models import VAE
 
+SAMPLES_PER_CALL = 1000  # decoded at a time
+MAX_SAMPLES = 10_000     # a 100x100 grid; more would not be readable in one picture
 
-def sample_images(model: VAE, variables: dict, key: jax.Array, num: int) -> np.ndarray:
-    """`num` decoded prior samples, (num, 28, 28, im_chan) in [0, 1]."""
-    z = jax.random.normal(key, (num, model.z_dim))
-    logits = evaluate.jitted_decoder(model)(variables, z)
-    return np.asarray(jax.nn.sigmoid(logits))
+
+def sample_images(model: VAE, variables: dict, key: jax.Array, num: int,
+                  batch_size: int = SAMPLES_PER_CALL) -> np.ndarray:
+    """`num` decoded prior samples, (num, 28, 28, im_chan) in [0, 1].
+
+    z ~ N(0, I) is drawn at once, (num, z_dim), and decoded `batch_size` at a time, so the
+    decoder's memory does not grow with `num` (the result does not depend on `batch_size`).
+    """
+    z = np.asarray(jax.random.normal(key, (num, model.z_dim)))
+    decode = evaluate.jitted_decoder(model)
+    return np.concatenate([
+        np.asarray(jax.nn.sigmoid(decode(variables, z[start:start + batch_size])))
+        for start in range(0, num, batch_size)])
 
 
 def build_parser() -> cli.OneLineParser:
     parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.sample"),
                                description="Decode samples z ~ N(0, I) into a PNG grid.")
     cli.add_model_flags(parser, data=False)
-    parser.add_argument("--num", type=cli.positive_int, default=64,
-                        help="how many samples (default 64, an 8x8 grid)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num", type=cli.bounded_int(1, MAX_SAMPLES), default=64,
+                        help=f"how many samples, at most {MAX_SAMPLES:,} (default 64, an 8x8 "
+                             "grid)")
+    cli.add_seed_flag(parser)
     parser.add_argument("--out", default=None,
-                        help="the PNG file (default: WORKDIR/samples_seed{SEED}.png)")
+                        help="the PNG file, or a directory to write samples_seed{SEED}.png "
+                             "into (default: WORKDIR/samples_seed{SEED}.png)")
     return parser
 
 
-def command(args: argparse.Namespace) -> None:
-    out = args.out or os.path.join(args.workdir, f"samples_seed{args.seed}.png")
-    model, variables, _ = load_model(args.workdir)
+def output_path(args: argparse.Namespace) -> str:
+    """Where the grid goes: --out (a .png file, or a directory to put it in), else the
+    workdir; samples_seed{SEED}.png inside a directory. Raises InputError when it cannot be
+    written."""
+    name = f"samples_seed{args.seed}.png"
+    out = args.out or os.path.join(args.workdir, name)
+    if os.path.isdir(out):
+        out = os.path.join(out, name)
+    elif not out.lower().endswith(".png"):
+        raise InputError(f"--out {out}: give a .png file or an existing directory")
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise InputError(f"--out {out}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise InputError(f"--out {out}: cannot write there")
+    return out
+
+
+def command(args: argparse.Namespace) -> None:
+    model, variables, _ = load_model(args.workdir)
+    out = output_path(args)
     samples = sample_images(model, variables, jax.random.key(args.seed), args.num)
     grids.save_samples(out, samples, title=f"{args.num} samples from the prior, seed {args.seed}")
     print(out)

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from vae_jax import cli
-from vae_jax.checkpoints import save_variables
+from vae_jax.checkpoints import check_variables_target, save_variables
 from vae_jax.errors import InputError
 from vae_jax.models import VAE, variable_shapes
 
@@ -221,6 +221,7 @@ def read_state_dict(path: str) -> Mapping[str, Any]:
 
 
 def command(args: argparse.Namespace) -> None:
+    check_variables_target(args.workdir)  # before reading the file: fail fast
     state_dict = read_state_dict(args.model)
     try:
         z_dim = infer_z_dim(state_dict)
@@ -232,7 +233,9 @@ def command(args: argparse.Namespace) -> None:
     config = {"z_dim": z_dim, "im_chan": im_chan}  # the model configuration, as training's
     try:
         save_variables(args.workdir, variables, config)
-    except Exception as error:  # noqa: BLE001
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - orbax raises many types for a failed write
         raise InputError(f"cannot write {args.workdir}: {type(error).__name__}: "
                          f"{cli.first_line(error)}") from None
     count = sum(v.size for layer in variables["params"].values()

@@ -16,8 +16,12 @@ Two ways to run an epoch, with the same result:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import glob
+import math
 import os
+import shutil
 import sys
 import time
 from typing import Callable
@@ -25,23 +29,26 @@ from typing import Callable
 import jax
 import numpy as np
 
-from vae_jax import checkpoints, cli, evaluate, hooks, input_pipeline
+from vae_jax import checkpoints, cli, evaluate, hooks, input_pipeline, platforms
 from vae_jax.config import EpochMode, TrainConfig, write_config_file
 from vae_jax.errors import InputError
 from vae_jax.losses import METRIC_NAMES
-from vae_jax.models import VAE
+from vae_jax.models import VAE, variable_shapes
 from vae_jax.steps import (RunKeys, TrainState, create_train_state, make_optimizer,
                            make_train_epoch, make_train_step)
-from vae_jax.writers import METRICS_FILE, EpochPictures, EpochWriter
+from vae_jax.workdir import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, QUARANTINE_DIR,
+                             TENSORBOARD_DIR, command_line, exclusive, holds_saved_variables,
+                             require_writable)
+from vae_jax.writers import EpochPictures, EpochWriter
 
 NUM_RECONSTRUCTIONS = 25  # test images shown beside their reconstructions each epoch
 NUM_SAMPLES = 64          # prior samples drawn each epoch (the same z every epoch)
+# What a run writes into its workdir, besides the epochs' PNG files.
+RUN_OUTPUTS = (CHECKPOINTS_DIR, QUARANTINE_DIR, TENSORBOARD_DIR, METRICS_FILE, CONFIG_FILE)
 
 
 def resolve_epoch_mode(epoch_mode: EpochMode) -> str:
     """`"auto"` becomes "steps" on CPU and "scan" on GPU/TPU."""
-    if epoch_mode not in ("auto", "steps", "scan"):
-        raise InputError(f"epoch_mode must be one of auto, steps, scan, got {epoch_mode!r}")
     if epoch_mode == "auto":
         return "steps" if jax.default_backend() == "cpu" else "scan"
     return epoch_mode
@@ -82,19 +89,53 @@ def epoch_pictures(model: VAE, variables: dict, images: np.ndarray, key: jax.Arr
     return EpochPictures(originals=images, reconstructions=reconstructions, samples=samples)
 
 
+def check_workdir(workdir: str) -> None:
+    """Raises InputError unless a run can write everything it writes in `workdir`, and
+    `workdir` does not hold variables saved by `save_variables` (whose config.json the run
+    would overwrite)."""
+    require_writable(workdir, RUN_OUTPUTS)
+    if holds_saved_variables(workdir):
+        raise InputError(f"--workdir {workdir} holds saved variables (e.g. imported by "
+                         "vae_jax.torch_port), not a training run; train in another --workdir")
+
+
+def check_fits_in_memory(model: VAE, config: TrainConfig) -> None:
+    """Raises InputError when the parameters, their gradients and Adam's two moments alone
+    need more memory than the device has (a mistyped --z-dim, say)."""
+    count = sum(math.prod(leaf.shape)
+                for leaf in jax.tree.leaves(variable_shapes(model)["params"]))
+    needed, available = 4 * 4 * count, platforms.memory_bytes()
+    if available and needed > available:
+        raise InputError(f"--z-dim {config.z_dim}: the model has {count:,} parameters, which "
+                         f"with their gradients and Adam's state need {needed / 2**30:,.0f} "
+                         f"GiB, more than the {available / 2**30:,.0f} GiB of memory here")
+
+
+def clear_run_outputs(workdir: str) -> None:
+    """Deletes what a training run wrote into `workdir` (for --fresh --overwrite)."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    for path in glob.glob(os.path.join(glob.escape(workdir), "*_epoch*.png")):
+        os.remove(path)
+
+
 class EpochRunner:
     """Runs one epoch of training in the chosen mode: "steps" (a jitted step per batch, with
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
     set on the device). Returns (state, the per-image metrics summed over the epoch)."""
 
-    def __init__(self, config: TrainConfig, images: np.ndarray, mode: str,
+    def __init__(self, config: TrainConfig, images: np.ndarray,
                  step_hooks: tuple[hooks.StepHook, ...], progress: bool):
-        self.config, self.images, self.mode = config, images, mode
+        self.config, self.images, self.mode = config, images, config.epoch_mode
         self.step_hooks, self.progress = step_hooks, progress
         binarize = config.binarize == "dynamic"
         self.step_fn = make_train_step(binarize=binarize)
         self.epoch_fn = make_train_epoch(config.batch_size, binarize=binarize)
-        self.device_images = jax.device_put(images) if mode == "scan" else None
+        self.device_images = jax.device_put(images) if self.mode == "scan" else None
 
     def __call__(self, state: TrainState, epoch: int, epoch_key: jax.Array, *,
                  first_batch: int = 0, sums: dict | None = None) -> tuple[TrainState, dict]:
@@ -115,44 +156,49 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
     Writes per epoch a line of `metrics.jsonl`, `reconstructions_epoch{N}.png`,
     `samples_epoch{N}.png`, TensorBoard events in `tensorboard/` and a checkpoint (also
     every `config.checkpoint_every` steps and on SIGINT/SIGTERM); `config.json` holds the
-    settings. `fresh` deletes earlier checkpoints and metrics. Raises InputError subclasses
-    (bad data, a resume with other settings) before anything in `workdir` changes, and
-    `Stopped` subclasses when it stops early.
+    settings. `fresh` deletes the earlier run's outputs first. Holds `workdir` exclusively
+    while it runs. Raises InputError subclasses (bad data, a busy or unwritable workdir, a
+    resume with other settings, a model too large) before anything in `workdir` changes,
+    and `Stopped` subclasses when it stops early.
     """
-    epoch_mode = resolve_epoch_mode(config.epoch_mode)
+    config = dataclasses.replace(config, epoch_mode=resolve_epoch_mode(config.epoch_mode))
+    check_workdir(workdir)
+    model = VAE(z_dim=config.z_dim, implementation=config.implementation)
+    check_fits_in_memory(model, config)
     train_images, _ = input_pipeline.load_split(
         config.dataset, config.train_split, config.data_dir, download=config.download)
     test_images, _ = input_pipeline.load_split(
         config.dataset, config.test_split, config.data_dir, download=config.download)
     keys = RunKeys.from_seed(config.seed)
-    model = VAE(z_dim=config.z_dim, implementation=config.implementation)
     steps_per_epoch = input_pipeline.num_batches(len(train_images), config.batch_size)
     picture_key, prior_key = jax.random.split(keys.pictures)
     prior_z = jax.random.normal(prior_key, (NUM_SAMPLES, config.z_dim))
 
-    with checkpoints.RunCheckpoints(workdir, keep=config.keep) as run:
+    with exclusive(workdir, command_line()), \
+            checkpoints.RunCheckpoints(workdir, keep=config.keep) as run:
+        if fresh:
+            clear_run_outputs(workdir)
         state, epoch_sums, restored = run.restore_or_initialize(
             lambda: create_train_state(model, make_optimizer(config.learning_rate), keys.init,
-                                       keys.train), config=config, fresh=fresh)
+                                       keys.train), config=config)
         first_epoch, first_batch = divmod(int(state.step), steps_per_epoch)
         first_epoch += 1
         if restored:
             log(f"resuming from the checkpoint at step {int(state.step)} (epoch {first_epoch}, "
                 f"batch {first_batch}) in {run.directory}")
-        os.makedirs(workdir, exist_ok=True)
         write_config_file(workdir, config.to_json())
         if first_epoch > config.epochs:
             log(f"nothing to do: the run in {workdir} has already trained {config.epochs} "
                 "epochs")
             return state
-        log(f"training on {jax.default_backend()} ({epoch_mode} epochs): {len(train_images)} "
-            f"train / {len(test_images)} test images of {config.dataset}, batch "
-            f"{config.batch_size}")
+        log(f"training on {jax.default_backend()} ({config.epoch_mode} epochs): "
+            f"{len(train_images)} train / {len(test_images)} test images of {config.dataset}, "
+            f"batch {config.batch_size}")
 
         save = hooks.Checkpointer(run, steps_per_epoch)
         with EpochWriter(workdir, completed_epochs=first_epoch - 1, log=log) as writer, \
                 hooks.StopSignal(save, steps_per_epoch, run.directory) as stop:
-            run_epoch = EpochRunner(config, train_images, epoch_mode, progress=progress,
+            run_epoch = EpochRunner(config, train_images, progress=progress,
                                     step_hooks=(hooks.FiniteLoss(steps_per_epoch, run.directory),
                                                 hooks.PeriodicCheckpoint(
                                                     config.checkpoint_every, steps_per_epoch,
@@ -173,6 +219,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
                                          jax.random.fold_in(keys.eval, epoch),
                                          batch_size=config.batch_size,
                                          binarize_mode=config.binarize).averages()
+                hooks.require_finite(test, "the test loss", int(state.step), steps_per_epoch,
+                                     run.directory)
                 trained = len(train_images) - batches_done * config.batch_size
                 record = {"epoch": epoch, "step": int(state.step),
                           **{f"train_{name}": float(sums[name]) / len(train_images)
@@ -213,22 +261,17 @@ def build_parser() -> cli.OneLineParser:
     return parser
 
 
-def check_workdir(workdir: str, fresh: bool, overwrite: bool) -> None:
-    """Raises InputError when --workdir cannot hold this run."""
-    existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--workdir {workdir}: {existing} is not a writable directory")
-    holds_run = any(os.path.exists(os.path.join(workdir, name))
-                    for name in (checkpoints.CHECKPOINTS_DIR, METRICS_FILE))
-    if fresh and holds_run and not overwrite:
+def check_fresh(workdir: str, fresh: bool, overwrite: bool) -> None:
+    """--fresh deletes a run only with --overwrite."""
+    if fresh and not overwrite and any(
+            os.path.exists(os.path.join(workdir, name))
+            for name in (CHECKPOINTS_DIR, METRICS_FILE)):
         raise InputError(f"--fresh: --workdir {workdir} holds a run; add --overwrite to delete "
                          "it and start over, or leave out --fresh to resume it")
 
 
 def command(args: argparse.Namespace) -> None:
-    check_workdir(args.workdir, args.fresh, args.overwrite)
+    check_fresh(args.workdir, args.fresh, args.overwrite)
     train_and_evaluate(cli.config_from_args(args, TrainConfig), args.workdir,
                        progress=args.progress, fresh=args.fresh)
 

@@ -18,9 +18,8 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from vae_jax import grids
+from vae_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +32,30 @@ class EpochPictures:
     samples: np.ndarray
 
 
-def read_metrics(path: str) -> list[dict]:
-    """The records of a metrics.jsonl file, one per epoch, in file order."""
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+def read_metrics(path: str, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The records of a metrics.jsonl file, one per epoch, in the order of the epochs.
+
+    A line that is not a JSON object with an integer `epoch` (the half-written last line of
+    a run killed while appending, say) is skipped, with `warn(message)`; of two lines for
+    the same epoch the later one is kept.
+    """
+    records: dict[int, dict] = {}
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line, parse_constant=_refuse_constant)
+                records[int(record["epoch"])] = record
+            except (ValueError, KeyError, TypeError):
+                if warn is not None:
+                    warn(f"{path}, line {number}, is not a complete record (a run killed "
+                         "while writing it?); skipped")
+    return [records[epoch] for epoch in sorted(records)]
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 class EpochWriter:
@@ -50,11 +69,12 @@ class EpochWriter:
                  log: Callable[[str], None] = print):
         self.workdir, self.log = workdir, log
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
-        kept = [record for record in (read_metrics(self.metrics_path)
+        kept = [record for record in (read_metrics(self.metrics_path, warn=log)
                                       if os.path.exists(self.metrics_path) else [])
                 if record["epoch"] <= completed_epochs]
-        with open(self.metrics_path, "w") as file:
-            file.writelines(json.dumps(record) + "\n" for record in kept)
+        with open(self.metrics_path + ".tmp", "w", encoding="utf-8") as file:
+            file.writelines(_json_line(record) for record in kept)
+        os.replace(self.metrics_path + ".tmp", self.metrics_path)
         self.tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def __enter__(self) -> "EpochWriter":
@@ -65,8 +85,8 @@ class EpochWriter:
 
     def write(self, record: dict, pictures: EpochPictures) -> None:
         epoch = record["epoch"]
-        with open(self.metrics_path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        with open(self.metrics_path, "a", encoding="utf-8") as file:
+            file.write(_json_line(record))
         mosaics = self._write_pngs(epoch, pictures)
         self._write_tensorboard(record, mosaics)
         self.log(format_epoch_line(record))
@@ -98,6 +118,11 @@ class EpochWriter:
 
     def close(self) -> None:
         self.tensorboard.close()
+
+
+def _json_line(record: dict) -> str:
+    """One line of metrics.jsonl; a number that is not finite is refused (it is not JSON)."""
+    return json.dumps(record, allow_nan=False) + "\n"
 
 
 def format_epoch_line(record: dict) -> str:
