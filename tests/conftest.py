@@ -1,8 +1,22 @@
-"""Shared fixtures: a small batch of images, the model and its variables, built once."""
+"""Shared fixtures: a small batch of images, the model and its variables, built once.
 
+The session shares one persistent XLA compilation cache with every process it starts
+(the environment is inherited): the tests' many training subprocesses compile the same
+few programs, and compiling is most of what such a short run costs on a CPU.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="vae-jax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -103,3 +104,28 @@ def snapshot(directory):
     return {os.path.join(root, name): (os.stat(os.path.join(root, name)).st_size,
                                        os.stat(os.path.join(root, name)).st_mtime_ns)
             for root, _, names in os.walk(directory) for name in names if name != LOCK_FILE}
+
+
+# A convolution's bias right before BatchNorm is cancelled by the mean subtraction: its true
+# gradient is 0, so the computed one is float rounding noise (~1e-9) that Adam normalises
+# into steps of up to the learning rate. Those biases are compared for finiteness only.
+PRE_BATCHNORM_LAYERS = (("encoder", "conv1"), ("encoder", "conv2"), ("decoder", "deconv1"),
+                        ("decoder", "deconv2"), ("decoder", "deconv3"))
+
+
+def without_pre_batchnorm_biases(params):
+    params = jax.tree.map(np.asarray, params)
+    params = {part: dict(layers) for part, layers in params.items()}
+    for part, layer in PRE_BATCHNORM_LAYERS:
+        params[part][layer] = {"kernel": params[part][layer]["kernel"]}
+    return params
+
+
+def assert_states_close(first, second, **tolerance):
+    chex.assert_trees_all_close(
+        (without_pre_batchnorm_biases(first.params), first.batch_stats, first.step),
+        (without_pre_batchnorm_biases(second.params), second.batch_stats, second.step),
+        **tolerance)
+    chex.assert_tree_all_finite((first.params, second.params))
+    chex.assert_trees_all_equal(jax.random.key_data(first.key),
+                                jax.random.key_data(second.key))

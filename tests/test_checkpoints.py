@@ -97,13 +97,12 @@ def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_make_train_step = train.make_train_step
 
-    def make_poisoned_train_step(max_traces=2, binarize=False):
-        step_fn = real_make_train_step(max_traces, binarize)
+    def make_poisoned_train_step(max_traces=2, binarize=False, parallel=None):
+        step_fn = real_make_train_step(max_traces, binarize, parallel)
 
         def poisoned(state, images):
             if int(state.step) == 3:  # the batch of step 4 holds a NaN pixel
-                images = images.copy()
-                images[0, 0, 0, 0] = np.nan
+                images = images.at[0, 0, 0, 0].set(np.nan)
             return step_fn(state, images)
         return poisoned
 

@@ -132,7 +132,7 @@ def other_values_same_digests(step_dir):
     """Re-saves the variables with one weight changed, keeping the old digests: what a
     damaged file that still decodes amounts to, made deterministic."""
     path = os.path.join(step_dir, "variables")
-    tree = ocp.StandardCheckpointer().restore(path)
+    tree = jax.tree.map(np.array, ocp.StandardCheckpointer().restore(path))
     tree["params"]["decoder"]["deconv2"]["kernel"][0, 0, 0, 0] += 1e-6
     shutil.rmtree(path)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -212,7 +212,7 @@ def test_evaluate_uses_the_previous_checkpoint_of_a_damaged_run(uninterrupted, t
 def resave_with_other_values(variables_dir):
     """Saved variables with one weight changed and the digests of the old ones."""
     digests = open(os.path.join(variables_dir, "digests.json")).read()
-    tree = ocp.StandardCheckpointer().restore(str(variables_dir))
+    tree = jax.tree.map(np.array, ocp.StandardCheckpointer().restore(str(variables_dir)))
     tree["params"]["encoder"]["conv1"]["kernel"][0, 0, 0, 0] += 1e-6
     shutil.rmtree(variables_dir)
     with ocp.StandardCheckpointer() as checkpointer:

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.helpers import assert_states_close
 from vae_jax import VAE, evaluate, input_pipeline, steps, train
 from vae_jax.config import TrainConfig
 
@@ -41,31 +42,6 @@ def step_fn():
 def epoch_images():
     """20 images: two full batches of 8 and a last one of 4."""
     return np.random.default_rng(1).uniform(size=(20, 28, 28, 1)).astype(np.float32)
-
-
-# A convolution's bias right before BatchNorm is cancelled by the mean subtraction: its true
-# gradient is 0, so the computed one is float rounding noise (~1e-9) that Adam normalises
-# into steps of up to the learning rate. Those biases are compared for finiteness only.
-PRE_BATCHNORM_LAYERS = (("encoder", "conv1"), ("encoder", "conv2"), ("decoder", "deconv1"),
-                        ("decoder", "deconv2"), ("decoder", "deconv3"))
-
-
-def without_pre_batchnorm_biases(params):
-    params = jax.tree.map(np.asarray, params)
-    params = {part: dict(layers) for part, layers in params.items()}
-    for part, layer in PRE_BATCHNORM_LAYERS:
-        params[part][layer] = {"kernel": params[part][layer]["kernel"]}
-    return params
-
-
-def assert_states_close(first, second, **tolerance):
-    chex.assert_trees_all_close(
-        (without_pre_batchnorm_biases(first.params), first.batch_stats, first.step),
-        (without_pre_batchnorm_biases(second.params), second.batch_stats, second.step),
-        **tolerance)
-    chex.assert_tree_all_finite((first.params, second.params))
-    chex.assert_trees_all_equal(jax.random.key_data(first.key),
-                                jax.random.key_data(second.key))
 
 
 def test_default_config_is_the_course_recipe():

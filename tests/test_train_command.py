@@ -155,10 +155,10 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
 def test_a_run_compiles_its_step_twice_and_its_scan_once(tmp_path, monkeypatch):
     """A run's steps compile once per batch shape (the full batch and the last, smaller one),
     and a scan epoch once for every epoch."""
-    monkeypatch.setattr(train, "make_train_step",
-                        lambda binarize: steps.make_train_step(max_traces=2, binarize=binarize))
-    monkeypatch.setattr(train, "make_train_epoch", lambda batch_size, binarize: (
-        steps.make_train_epoch(batch_size, max_traces=1, binarize=binarize)))
+    monkeypatch.setattr(train, "make_train_step", lambda **kwargs: (
+        steps.make_train_step(max_traces=2, **kwargs)))
+    monkeypatch.setattr(train, "make_train_epoch", lambda batch_size, **kwargs: (
+        steps.make_train_epoch(batch_size, max_traces=1, **kwargs)))
     with tfds.testing.mock_data(num_examples=40):
         for mode in ("steps", "scan"):
             status = train.main(["--epochs", "2", "--batch-size", "16", "--epoch-mode", mode,

@@ -39,6 +39,7 @@ from vae_jax.config import TrainConfig
 from vae_jax.errors import InputError
 from vae_jax.layers import IMPLEMENTATIONS, resolve_implementation
 from vae_jax.models import IMAGE_SIZE, VAE
+from vae_jax.parallel import DataParallel
 from vae_jax.steps import RunKeys, create_train_state, make_optimizer, make_train_step
 
 TORCH_HINT = "--vs-torch needs PyTorch: pip install torch==2.13.0"
@@ -58,6 +59,10 @@ def build_parser() -> cli.OneLineParser:
                         help="untimed steps after compilation (default 2)")
     parser.add_argument("--implementation", choices=IMPLEMENTATIONS + ("all",), default="auto",
                         help="convolution implementation (vae_jax.layers); 'all' times each")
+    parser.add_argument("--devices", type=cli.positive_int, default=1, metavar="N",
+                        help="split each batch over the first N devices, as train.py "
+                             "--devices N does (default 1; fake CPU devices share the "
+                             "same cores, so they show no speed-up)")
     cli.add_platform_flag(parser)
     parser.add_argument("--vs-torch", action="store_true",
                         help="also time the PyTorch original, interleaved, and print the ratio")
@@ -132,12 +137,16 @@ class JaxRunner:
     images: object
 
     @classmethod
-    def build(cls, implementation: str, images: np.ndarray, seed: int) -> "JaxRunner":
+    def build(cls, implementation: str, images: np.ndarray, seed: int,
+              parallel: DataParallel) -> "JaxRunner":
+        """The step as `train.py` runs it on `parallel`'s mesh (state replicated, batch
+        split over the devices)."""
         keys = RunKeys.from_seed(seed)
-        state = create_train_state(VAE(implementation=implementation),
-                                   make_optimizer(LEARNING_RATE), keys.init, keys.train)
-        step_fn = make_train_step()
-        device_images = jax.device_put(images)
+        state = parallel.replicate(create_train_state(
+            VAE(implementation=implementation), make_optimizer(LEARNING_RATE), keys.init,
+            keys.train))
+        step_fn = make_train_step(parallel=parallel)
+        device_images = parallel.split(images)
         start = time.perf_counter()  # tracing, lowering and XLA compilation
         step_fn = step_fn.lower(state, device_images).compile()
         compile_seconds = time.perf_counter() - start
@@ -198,7 +207,7 @@ def benchmark_implementation(args, implementation: str, images: np.ndarray,
     The peak memory is read after JAX's warm-up and first timed round, before PyTorch (built
     lazily by `get_torch`, which returns None without --vs-torch) first runs.
     """
-    runner = JaxRunner.build(implementation, images, args.seed)
+    runner = JaxRunner.build(implementation, images, args.seed, args.parallel)
     for _ in range(args.warmup):
         runner.step()
     jax_times, torch_times, round_medians = [], [], []
@@ -250,6 +259,13 @@ def torch_factory(args, images: np.ndarray) -> Callable[[], "TorchRunner | None"
 
 def run(args) -> dict:
     """Runs the benchmark described by the parsed flags; returns the report (a flat dict)."""
+    args.parallel = DataParallel.create(args.devices)
+    devices = args.parallel.device_count
+    if args.batch_size % devices:
+        below = args.batch_size // devices * devices
+        above = below + devices
+        raise InputError(f"--batch-size {args.batch_size} cannot be split evenly over "
+                         f"{devices} devices; try {below or above} or {above}")
     images = random_images(args.batch_size, args.seed)
     get_torch = torch_factory(args, images)
     implementations = (("matmul", "xla") if args.implementation == "all"
@@ -257,6 +273,7 @@ def run(args) -> dict:
     results = [benchmark_implementation(args, name, images, get_torch)
                for name in implementations]
     report = {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
+              "devices": args.parallel.device_count,
               "jax_version": jax.__version__, "batch_size": args.batch_size,
               "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
               "threads": num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
@@ -273,7 +290,8 @@ def run(args) -> dict:
 def format_summary(report: dict) -> list[str]:
     lines = []
     for result in report.get("implementations", [report]):
-        line = (f"{report['backend']} batch {report['batch_size']} implementation "
+        line = (f"{report['backend']} ({report['devices']} device(s)) batch "
+                f"{report['batch_size']} implementation "
                 f"{result['implementation']} ({result['resolved_implementation']}): "
                 f"{result['ms_per_step']:.1f} ms/step, {result['images_per_sec']:.0f} images/s, "
                 f"compile {result['compile_seconds']:.1f} s, peak memory "

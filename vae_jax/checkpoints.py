@@ -39,8 +39,9 @@ from vae_jax.binarize import BINARIZE_MODES
 from vae_jax.config import TrainConfig, read_config_file, write_config_file
 from vae_jax.errors import InputError
 from vae_jax.losses import METRIC_NAMES
+from vae_jax.parallel import is_main_process
 from vae_jax.models import VAE, variable_shapes
-from vae_jax.steps import TrainState
+from vae_jax.steps import TrainState, step_of
 from vae_jax.workdir import (CHECKPOINTS_DIR, CONFIG_FILE, QUARANTINE_DIR, VARIABLES_DIR,
                              command_line, exclusive, holds_training_run, require_writable)
 
@@ -70,8 +71,10 @@ def _variables_tree(variables) -> dict:
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def _abstract(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), tree)
+def _abstract(tree, sharding=None):
+    """The shapes and dtypes of `tree`'s arrays (and where to put them, `sharding`)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype,
+                                                       sharding=sharding), tree)
 
 
 def save_variables(workdir: str, variables: dict, config: dict | None = None) -> str:
@@ -228,8 +231,8 @@ class RunCheckpoints:
     def save(self, step: int, variables: dict, train_state: dict) -> None:
         """Saves a checkpoint at `step`, with the digests of its arrays (which are fetched
         from the device first)."""
-        trees = {"variables": jax.device_get(_variables_tree(variables)),
-                 "train_state": jax.device_get(train_state)}
+        # orbax takes the arrays where they are: with many processes, each writes its part.
+        trees = {"variables": _variables_tree(variables), "train_state": train_state}
         try:
             self._open().save(step, args=ocp.args.Composite(
                 **{item: ocp.args.StandardSave(tree) for item, tree in trees.items()},
@@ -253,24 +256,25 @@ class RunCheckpoints:
 
     def save_train_state(self, state: TrainState, epoch_sums: dict | None) -> None:
         """Saves the whole train state and the running sums of an unfinished epoch."""
-        self.save(int(state.step), state.variables, _train_state_tree(state, epoch_sums))
+        self.save(step_of(state), state.variables, _train_state_tree(state, epoch_sums))
 
     def restore_or_initialize(self, initialize: Callable[[], TrainState], *,
-                              config: TrainConfig | None = None
+                              config: TrainConfig | None = None, sharding=None
                               ) -> tuple[TrainState, dict | None, bool]:
         """(state, the epoch's metric sums so far, restored?): the newest readable checkpoint,
         else `initialize()` (whose result also gives the shapes to restore into).
 
         When there is a run to resume, `config` must agree with its saved settings
-        (`TrainConfig.check_resumable`).
+        (`TrainConfig.check_resumable`). A restored state's arrays are placed with
+        `sharding` (e.g. replicated on the run's mesh, however many devices wrote them).
         """
         if config is not None and self.steps():
             config.check_resumable(read_run_config(self.workdir), self.workdir)
         state = initialize()
         restored = self.restore_newest(
             ("variables", "train_state"),
-            targets={"variables": _abstract(state.variables),
-                     "train_state": _abstract(_train_state_tree(state, None))})
+            targets={"variables": _abstract(state.variables, sharding),
+                     "train_state": _abstract(_train_state_tree(state, None), sharding)})
         if restored is None:
             return state, None, False
         _, trees = restored
@@ -287,13 +291,21 @@ class RunCheckpoints:
 
         An unreadable checkpoint gets a warning naming it, and the one before it is tried;
         with `quarantine` it is also moved to `workdir/unreadable_checkpoints/` (kept, not
-        deleted), so that training can save new checkpoints past it. `targets` maps item
-        names to abstract trees (e.g. from `jax.eval_shape`) to restore into.
+        deleted; by process 0 alone), so that training can save new checkpoints past it.
+        `targets` maps item names to abstract trees (e.g. from `jax.eval_shape`) to restore
+        into; an item without one goes onto this process's first device.
         """
         targets = targets or {}
         for step in reversed(self.steps()):
-            args = {item: ocp.args.JsonRestore() if item == "config"
-                    else ocp.args.StandardRestore(targets.get(item)) for item in items}
+            args = {}
+            try:
+                for item in items:
+                    args[item] = ocp.args.JsonRestore() if item == "config" else (
+                        ocp.args.StandardRestore(targets.get(item) or self._local_target(
+                            step, item)))
+            except Exception as error:  # noqa: BLE001 - unreadable metadata
+                self._warn_unreadable(step, error, quarantine)
+                continue
             # Checkpoints written before digests existed are restored unverified.
             verified = self._has_item(step, DIGESTS_ITEM)
             if verified:
@@ -309,6 +321,16 @@ class RunCheckpoints:
                 continue
             return step, {item: restored[item] for item in items}
         return None
+
+    def _local_target(self, step: int, item: str):
+        """The shapes of an item's arrays, to restore onto this process's first device
+        (whatever devices wrote them), from the checkpoint's own metadata."""
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(
+                os.path.join(self.directory, str(step), item)).item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                              sharding=device), tree)
 
     def _has_item(self, step: int, item: str) -> bool:
         return os.path.isdir(os.path.join(self.directory, str(step), item))
@@ -326,12 +348,14 @@ class RunCheckpoints:
         source = os.path.join(self.directory, str(step))
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         moved = ""
-        if quarantine:
+        if quarantine and is_main_process():
             target = _unused_path(os.path.join(self.workdir, QUARANTINE_DIR, str(step)))
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(source, target)
-            self.close()  # orbax caches the list of steps
             moved = f"; moved to {target}"
+        self.close()  # orbax caches the list of steps
+        if not is_main_process():
+            return
         warnings.warn(f"checkpoint {source} is unreadable ({type(error).__name__}: "
                       f"{first_line}){moved}; trying the one before it", stacklevel=3)
 
@@ -343,7 +367,8 @@ class RunCheckpoints:
 
 def _train_state_tree(state: TrainState, epoch_sums: dict | None) -> dict:
     """The part of the train state a checkpoint keeps besides the model variables."""
-    zero = {name: jnp.zeros((), jnp.float32) for name in METRIC_NAMES}
+    # Placed like the step (replicated on the run's mesh), as orbax wants with many processes.
+    zero = {name: jnp.zeros_like(state.step, dtype=jnp.float32) for name in METRIC_NAMES}
     return {"opt_state": state.opt_state, "step": state.step,
             "key": jax.random.key_data(state.key), "epoch_sums": epoch_sums or zero}
 
@@ -368,23 +393,30 @@ def _quiet_orbax() -> None:
     orbax has closed their asyncio event loop and each reports `RuntimeError: Event loop is
     closed` through `sys.unraisablehook`, a dozen tracebacks in all, some after the restore
     has returned. This drops exactly those: the absl log records that orbax's own modules
-    emit at warning level or above, and those unraisable errors. Everything else passes.
+    emit at warning level or above, and the unraisable errors of orbax's abandoned reads
+    (the closed event loop's, and its coroutines' own). Everything else passes.
     """
     global _orbax_quieted
     if _orbax_quieted:
         return
     _orbax_quieted = True
     logging.getLogger("absl").addFilter(
-        lambda record: not (record.levelno >= logging.WARNING
-                            and f"{os.sep}orbax{os.sep}" in record.pathname))
+        lambda record: not (record.levelno >= logging.WARNING and _is_orbax(record.pathname)))
     previous = sys.unraisablehook
 
     def hook(unraisable):
         error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        code = getattr(unraisable.object, "cr_code", None)  # an abandoned orbax coroutine
+        abandoned_read = code is not None and _is_orbax(code.co_filename)
+        if not (closed_loop or abandoned_read):
             previous(unraisable)
 
     sys.unraisablehook = hook
 
 
 _orbax_quieted = False
+
+
+def _is_orbax(path: str) -> bool:
+    return f"{os.sep}orbax{os.sep}" in path

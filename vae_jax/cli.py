@@ -28,7 +28,7 @@ import typing
 import warnings
 from typing import Any, Callable, Literal
 
-from vae_jax import checkpoints, platforms
+from vae_jax import checkpoints, parallel, platforms
 from vae_jax.binarize import BINARIZE_MODES
 from vae_jax.config import MAX_SEED, flag_name
 from vae_jax.errors import InputError, Stopped
@@ -118,7 +118,7 @@ def _run_body(parser, body, args, before_platform) -> int:
         if before_platform is not None:
             before_platform(args)
         if getattr(args, "platform", None) is not None:
-            platforms.select_platform(args.platform)
+            platforms.select_platform(args.platform, before_start=lambda: start_distributed(args))
         return body(args) or 0
     except InputError as error:
         print(f"{parser.prog}: error: {first_line(error)}", file=sys.stderr)
@@ -134,6 +134,12 @@ def _run_body(parser, body, args, before_platform) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves a checkpoint first)
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not parallel.is_lost_peer(error):
+            raise
+        parallel.exit_now(parser.prog, f"another process of the run stopped or was killed "
+                                       f"(a collective failed: {first_line(error)[:160]}); "
+                                       f"stopping this one too")
 
 
 def first_line(error: BaseException) -> str:
@@ -143,6 +149,29 @@ def first_line(error: BaseException) -> str:
 def add_platform_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", choices=platforms.PLATFORMS, default="auto",
                         help="JAX backend (default: auto, the best one available)")
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that can run as one of many processes (`vae_jax.parallel`)."""
+    group = parser.add_argument_group(
+        "many processes", "jax.distributed starts by itself under SLURM and Open MPI; "
+        "elsewhere give the three flags below to every process, or --distributed on a "
+        "Cloud TPU pod")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address, the same for every process")
+    group.add_argument("--num-processes", type=positive_int, metavar="N")
+    group.add_argument("--process-id", type=non_negative_int, metavar="I",
+                       help="this process's number, 0 to N-1")
+    group.add_argument("--distributed", action="store_true",
+                       help="start jax.distributed and let JAX find the cluster")
+    group.add_argument("--distributed-timeout", type=positive_int, default=120, metavar="S",
+                       help="seconds to wait for every process to join (default 120)")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    if hasattr(args, "coordinator_address"):
+        parallel.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                            force=args.distributed, timeout_seconds=args.distributed_timeout)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:

@@ -81,6 +81,9 @@ class TrainConfig:
         0, "also save a checkpoint every N steps (steps epochs only)", positive=True,
         default_text="at epoch ends only", metavar="N")
     keep: int = setting(3, "checkpoints to keep", positive=True)
+    devices: int = setting(
+        0, "use the first N devices of each run (the batch is split among them; the numbers "
+        "do not change)", positive=True, default_text="all", metavar="N")
 
     def __post_init__(self):
         for name, choices in _choices(type(self)).items():
@@ -89,8 +92,7 @@ class TrainConfig:
                                  f"{getattr(self, name)!r}")
         for field in dataclasses.fields(self):
             value, meta = getattr(self, field.name), field.metadata
-            if meta["positive"] and not value > 0 and not (
-                    field.name == "checkpoint_every" and value == 0):
+            if meta["positive"] and not value > 0 and not (value == 0 == field.default):
                 raise InputError(f"{field.name} must be positive, got {value}")
             if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
                 raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")

@@ -13,7 +13,10 @@ Everything runs in eval mode (BatchNorm running averages), per image, in nats:
 * KL per latent dimension (mean over the images) and active units (`vae_jax.metrics`).
 
 One key gives a whole evaluation: it is split into the key of the binarization, that of
-the ELBO's sample and that of the IWAE samples (the last two folded with the batch index).
+the ELBO's sample and that of the IWAE samples; the last two are folded with each image's
+index in the split (and the IWAE's with each sample's), so the numbers do not depend on
+the batch size, the chunk size or the number of devices and processes, over which the
+batches are split (`vae_jax.parallel`).
 With `--binarize dynamic` (the default for a run trained with it) each image is replaced,
 once, by a Bernoulli(pixel) draw; the encoder sees it and it is the target, so the numbers
 are log-likelihoods of binary images, comparable with the literature's dynamically
@@ -44,6 +47,7 @@ from vae_jax.checkpoints import load_model
 from vae_jax.errors import InputError
 from vae_jax.input_pipeline import load_split
 from vae_jax.models import VAE, variable_shapes
+from vae_jax.parallel import DataParallel, host, is_main_process
 
 DEFAULT_IWAE_SAMPLES = 5000
 DEFAULT_BATCH_SIZE = 100
@@ -62,39 +66,48 @@ class EvaluationError(InputError):
 _KEY_SPEC = jax.eval_shape(lambda: jax.random.key(0))
 
 
-def _float_spec(shape: tuple[int, ...]) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
+def _spec(shape: tuple[int, ...], dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _elbo_step(model: VAE, batch_shape: tuple[int, ...]) -> Callable:
-    """(variables, images, key) -> per-image ELBO terms and the posterior, compiled."""
+def _elbo_step(model: VAE, batch_shape: tuple[int, ...], parallel: DataParallel) -> Callable:
+    """(variables, images, image indices, key) -> per-image ELBO terms and the posterior,
+    compiled for `parallel`'s mesh (the batch split over it)."""
 
-    def run(variables, images, key):
+    def run(variables, images, indices, key):
         mean, stddev = model.apply(variables, images, train=False, method=VAE.encode)
-        z = iwae.sample_latents(key, mean, stddev, jnp.zeros((1,), jnp.int32))[0]
+        keys = iwae.image_keys(key, indices)
+        z = iwae.sample_latents(keys, mean, stddev, jnp.zeros((1,), jnp.int32))[0]
         logits = model.apply(variables, z, train=False, method=VAE.decode)
         reconstruction = losses.reconstruction_loss(logits, images)
         kl = losses.kl_divergence(mean, stddev)
         return {"neg_elbo": reconstruction + kl, "reconstruction": reconstruction, "kl": kl,
                 "mean": mean, "stddev": stddev}
 
-    return jax.jit(run).lower(variable_shapes(model), _float_spec(batch_shape),
-                              _KEY_SPEC).compile()
+    replicated, split = parallel.replicated, parallel.batch
+    return jax.jit(run, in_shardings=(replicated, split, split, replicated),
+                   out_shardings=split).lower(
+        variable_shapes(model), _spec(batch_shape), _spec(batch_shape[:1], jnp.int32),
+        _KEY_SPEC).compile()
 
 
 @functools.lru_cache(maxsize=None)
-def _iwae_step(model: VAE, batch_shape: tuple[int, ...], num_samples: int,
-               chunk_size: int) -> Callable:
-    """(variables, images, mean, stddev, key) -> the IWAE log p(x) per image, compiled."""
+def _iwae_step(model: VAE, batch_shape: tuple[int, ...], num_samples: int, chunk_size: int,
+               parallel: DataParallel) -> Callable:
+    """(variables, images, mean, stddev, image indices, key) -> the IWAE log p(x) per
+    image, compiled for `parallel`'s mesh."""
 
-    def run(variables, images, mean, stddev, key):
-        return iwae.iwae_log_likelihood(key, images, mean, stddev, decoder_fn(model, variables),
-                                        num_samples, chunk_size)
+    def run(variables, images, mean, stddev, indices, key):
+        return iwae.iwae_log_likelihood(iwae.image_keys(key, indices), images, mean, stddev,
+                                        decoder_fn(model, variables), num_samples, chunk_size)
 
-    latent_spec = _float_spec((batch_shape[0], model.z_dim))
-    return jax.jit(run).lower(variable_shapes(model), _float_spec(batch_shape), latent_spec,
-                              latent_spec, _KEY_SPEC).compile()
+    replicated, split = parallel.replicated, parallel.batch
+    latent_spec = _spec((batch_shape[0], model.z_dim))
+    return jax.jit(run, in_shardings=(replicated, split, split, split, split, replicated),
+                   out_shardings=split).lower(
+        variable_shapes(model), _spec(batch_shape), latent_spec, latent_spec,
+        _spec(batch_shape[:1], jnp.int32), _KEY_SPEC).compile()
 
 
 def decoder_fn(model: VAE, variables: dict) -> iwae.DecodeFn:
@@ -174,27 +187,40 @@ class ElboPass:
                 "kl": float(self.kl.mean())}
 
 
+def padded_batch_size(batch_size: int, num_images: int, parallel: DataParallel) -> int:
+    """`batch_size` (at most the images there are), rounded up to split evenly over the
+    devices: the padding rows are computed and dropped."""
+    size = min(batch_size, num_images)
+    return -(-size // parallel.device_count) * parallel.device_count
+
+
 def neg_elbo(model: VAE, variables: dict, images: np.ndarray, key: jax.Array, *,
-             batch_size: int, binarize_mode: str = "none") -> ElboPass:
+             batch_size: int, binarize_mode: str = "none",
+             parallel: DataParallel | None = None) -> ElboPass:
     """The negative ELBO of every image (N, 28, 28, C) in [0, 1], in eval mode.
 
     The one computation behind training's per-epoch test loss and `evaluate`'s negative
     ELBO. `key` is the evaluation's key (`evaluation_keys`): with `binarize_mode="dynamic"`
-    the images are replaced by one Bernoulli(pixel) draw each, and batch b's sample of z
-    comes from the ELBO key folded with b. Every batch is padded to `batch_size`, so one
-    compilation serves them all.
+    the images are replaced by one Bernoulli(pixel) draw each, and image i's sample of z
+    comes from the ELBO key folded with i, so the result does not depend on `batch_size`
+    or on the devices. The batches are split over `parallel`'s mesh (default: every
+    device) and padded to one size, so one compilation serves them all.
     """
     if binarize_mode not in BINARIZE_MODES:
         raise EvaluationError(f"binarize must be one of {BINARIZE_MODES}, got {binarize_mode!r}")
+    parallel = parallel or DataParallel.create()
     binarize_key, elbo_key, _ = evaluation_keys(key)
     targets = np.asarray(images, np.float32)
     if binarize_mode == "dynamic":
         targets = np.asarray(binarize(binarize_key, targets))
-    batch_size = min(batch_size, len(targets))
-    step = _elbo_step(model, (batch_size,) + targets.shape[1:])
+    batch_size = padded_batch_size(batch_size, len(targets), parallel)
+    step = _elbo_step(model, (batch_size,) + targets.shape[1:], parallel)
+    variables, elbo_key = parallel.replicate((variables, elbo_key))
+    indices = np.arange(len(targets), dtype=np.int32)
     parts: dict[str, list[np.ndarray]] = {}
-    for index, count, (batch,) in _padded_batches((targets,), batch_size):
-        outputs = jax.device_get(step(variables, batch, jax.random.fold_in(elbo_key, index)))
+    for _, count, (batch, batch_indices) in _padded_batches((targets, indices), batch_size):
+        outputs = host(step(variables, parallel.split(batch), parallel.split(batch_indices),
+                            elbo_key))
         for name, values in outputs.items():
             parts.setdefault(name, []).append(values[:count])
     return ElboPass(targets=targets, **{name: np.concatenate(values)
@@ -203,22 +229,28 @@ def neg_elbo(model: VAE, variables: dict, images: np.ndarray, key: jax.Array, *,
 
 def iwae_log_likelihoods(model: VAE, variables: dict, elbo: ElboPass, key: jax.Array, *,
                          num_samples: int, batch_size: int, chunk_size: int,
-                         progress: bool = False) -> np.ndarray:
+                         progress: bool = False, parallel: DataParallel | None = None
+                         ) -> np.ndarray:
     """The IWAE estimate of log p(x) (N,) for the images of an `ElboPass`, reusing its
-    posterior; batch b's samples come from the IWAE key of `key` folded with b."""
+    posterior; sample k of image i comes from the IWAE key of `key` folded with i, then k.
+    Batches split over `parallel`'s mesh (default: every device)."""
+    parallel = parallel or DataParallel.create()
     _, _, iwae_key = evaluation_keys(key)
-    batch_size = min(batch_size, len(elbo.targets))
-    step = _iwae_step(model, (batch_size,) + elbo.targets.shape[1:], num_samples, chunk_size)
+    batch_size = padded_batch_size(batch_size, len(elbo.targets), parallel)
+    step = _iwae_step(model, (batch_size,) + elbo.targets.shape[1:], num_samples, chunk_size,
+                      parallel)
+    variables, iwae_key = parallel.replicate((variables, iwae_key))
     # Padding rows get stddev 1, so that they stay finite; they are dropped.
     stddevs = np.concatenate([elbo.stddev, np.ones_like(elbo.stddev[:batch_size])])
+    indices = np.arange(len(elbo.targets), dtype=np.int32)
     log_px = []
     with tqdm(total=len(elbo.targets), disable=not progress, unit="img", leave=False,
               desc=f"IWAE K={num_samples}", file=sys.stderr) as bar:
-        for index, count, (images, mean) in _padded_batches((elbo.targets, elbo.mean),
-                                                            batch_size):
+        for index, count, (images, mean, batch_indices) in _padded_batches(
+                (elbo.targets, elbo.mean, indices), batch_size):
             stddev = stddevs[index * batch_size:(index + 1) * batch_size]
-            values = jax.device_get(step(variables, images, mean, stddev,
-                                         jax.random.fold_in(iwae_key, index)))
+            values = host(step(variables, *map(parallel.split, (images, mean, stddev,
+                                                                 batch_indices)), iwae_key))
             log_px.append(values[:count])
             bar.update(count)
     return np.concatenate(log_px)
@@ -237,34 +269,36 @@ def default_chunk_size(num_samples: int, batch_size: int) -> int:
 def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int = 0,
                    iwae_samples: int = DEFAULT_IWAE_SAMPLES, batch_size: int = DEFAULT_BATCH_SIZE,
                    chunk_size: int | None = None, binarize_mode: str = "none",
-                   progress: bool = False) -> dict:
+                   progress: bool = False, parallel: DataParallel | None = None) -> dict:
     """All the numbers for `images` (N, 28, 28, C) in [0, 1]; see the module docstring.
 
-    Every draw comes from `jax.random.key(seed)` (`evaluation_keys`).
+    Every draw comes from `jax.random.key(seed)` (`evaluation_keys`); the batches are split
+    over `parallel`'s mesh (default: every device of every process).
     """
     if iwae_samples < 1:
         raise EvaluationError(f"--iwae-samples must be at least 1, got {iwae_samples}")
     start = time.perf_counter()
+    parallel = parallel or DataParallel.create()
     key = jax.random.key(seed)
     num_images = len(images)
-    batch_size = min(batch_size, num_images)
+    batch_size = padded_batch_size(batch_size, num_images, parallel)
     chunk_size = min(chunk_size or default_chunk_size(iwae_samples, batch_size), iwae_samples)
     batch_shape = (batch_size,) + images.shape[1:]
     # Compiled first (every batch is padded to one shape), so that the timings of the
     # passes below are run time only.
-    _elbo_step(model, batch_shape)
-    _iwae_step(model, batch_shape, iwae_samples, chunk_size)
+    _elbo_step(model, batch_shape, parallel)
+    _iwae_step(model, batch_shape, iwae_samples, chunk_size, parallel)
     compile_seconds = time.perf_counter() - start
 
     elbo_start = time.perf_counter()
     elbo = neg_elbo(model, variables, images, key, batch_size=batch_size,
-                    binarize_mode=binarize_mode)
+                    binarize_mode=binarize_mode, parallel=parallel)
     elbo_seconds = time.perf_counter() - elbo_start
 
     iwae_start = time.perf_counter()
     log_px = iwae_log_likelihoods(model, variables, elbo, key, num_samples=iwae_samples,
                                   batch_size=batch_size, chunk_size=chunk_size,
-                                  progress=progress)
+                                  progress=progress, parallel=parallel)
     iwae_seconds = time.perf_counter() - iwae_start
 
     if not (np.all(np.isfinite(elbo.neg_elbo)) and np.all(np.isfinite(log_px))):
@@ -286,6 +320,7 @@ def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int
         "latent_activity": [float(value) for value in activity],
         "num_images": num_images, "binarize": binarize_mode, "seed": seed,
         "batch_size": batch_size, "backend": jax.default_backend(),
+        "devices": parallel.device_count, "processes": parallel.process_count,
         "seconds_compile": compile_seconds, "seconds_elbo": elbo_seconds,
         "seconds_iwae": iwae_seconds,
         "iwae_decodes_per_sec": num_images * iwae_samples / iwae_seconds,
@@ -332,7 +367,8 @@ def format_summary(result: dict) -> str:
         + " ".join(f"{value:.2f}" for value in kl_sorted),
         f"  time {result['seconds']:.1f} s (compile {result['seconds_compile']:.1f} s, ELBO "
         f"{result['seconds_elbo']:.1f} s, IWAE {result['seconds_iwae']:.1f} s, "
-        f"{result['iwae_decodes_per_sec']:.0f} decodes/s on {result['backend']})",
+        f"{result['iwae_decodes_per_sec']:.0f} decodes/s on {result['backend']}, "
+        f"{result['devices']} device(s), {result['processes']} process(es))",
     ]
     return "\n".join(lines)
 
@@ -350,7 +386,11 @@ def build_parser() -> cli.OneLineParser:
                         help="IWAE samples per decoder call (default: about "
                              f"{DECODES_PER_CALL} decoded images per call)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
+                        help=f"images per batch, split over the devices (default "
+                             f"{DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--devices", type=cli.positive_int, default=None, metavar="N",
+                        help="use the first N devices (default: all)")
+    cli.add_distributed_flags(parser)
     cli.add_binarize_flags(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
@@ -363,13 +403,16 @@ def command(args: argparse.Namespace) -> None:
     model, variables, _ = load_model(args.workdir)
     cli.apply_run_defaults(args)
     images, _ = load_split(args.dataset, args.split, args.data_dir, download=args.download)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    main = is_main_process()  # prints; every process computes
+    progress = (sys.stderr.isatty() if args.progress is None else args.progress) and main
     result = evaluate_model(model, variables, images, seed=args.seed,
                             iwae_samples=args.iwae_samples, batch_size=args.batch_size,
                             chunk_size=args.iwae_chunk,
-                            binarize_mode=cli.chosen_binarize_mode(args), progress=progress)
+                            binarize_mode=cli.chosen_binarize_mode(args), progress=progress,
+                            parallel=DataParallel.create(args.devices))
     result.update(workdir=os.path.abspath(args.workdir), dataset=args.dataset, split=args.split)
-    print(json.dumps(result, allow_nan=False) if args.json else format_summary(result))
+    if main:
+        print(json.dumps(result, allow_nan=False) if args.json else format_summary(result))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.errors import NonFiniteLossError, TrainingInterrupted
-from vae_jax.steps import TrainState
+from vae_jax.parallel import any_process, host, to_host
+from vae_jax.steps import TrainState, step_of
 
 SaveFn = Callable[[TrainState, "dict | None"], None]  # e.g. a Checkpointer
 
@@ -41,7 +42,7 @@ def require_finite(tree, what: str, step: int, steps_per_epoch: int, where: str)
     `what` names the numbers ("the training loss"), `where` is the last good checkpoint's
     directory; the message says that nothing was saved.
     """
-    leaves = jax.tree.leaves(jax.device_get(tree))
+    leaves = jax.tree.leaves(host(tree))
     if all(bool(np.all(np.isfinite(leaf))) for leaf in leaves):
         return
     shown = f" ({float(leaves[0])})" if len(leaves) == 1 and np.size(leaves[0]) == 1 else ""
@@ -58,7 +59,7 @@ class FiniteLoss:
         self.steps_per_epoch, self.checkpoint_dir = steps_per_epoch, checkpoint_dir
 
     def __call__(self, state: TrainState, batch_metrics: dict, epoch_sums: dict) -> None:
-        require_finite(batch_metrics["loss"], "the training loss", int(state.step),
+        require_finite(batch_metrics["loss"], "the training loss", step_of(state),
                        self.steps_per_epoch, self.checkpoint_dir)
 
 
@@ -73,7 +74,7 @@ class Checkpointer:
         self.run, self.steps_per_epoch = run, steps_per_epoch
 
     def __call__(self, state: TrainState, epoch_sums: dict | None = None) -> None:
-        step = int(state.step)
+        step = step_of(state)
         require_finite(state.variables, "a parameter", step, self.steps_per_epoch,
                        self.run.directory)
         if step not in self.run.steps():
@@ -87,7 +88,7 @@ class PeriodicCheckpoint:
         self.every, self.steps_per_epoch, self.save = every, steps_per_epoch, save
 
     def __call__(self, state: TrainState, batch_metrics: dict, epoch_sums: dict) -> None:
-        step = int(state.step)
+        step = step_of(state)
         if self.every and step % self.every == 0 and step % self.steps_per_epoch:
             self.save(state, epoch_sums)
 
@@ -115,16 +116,19 @@ class StopSignal:
         self._stack.close()
 
     def __call__(self, state: TrainState, batch_metrics: dict, epoch_sums: dict) -> None:
-        if int(state.step) % self.steps_per_epoch:
+        if step_of(state) % self.steps_per_epoch:
             self.check(state, epoch_sums)
 
     def check(self, state: TrainState, epoch_sums: dict | None) -> None:
-        if not self.received:
+        """Saves and raises TrainingInterrupted when a signal has reached this process or
+        any other of the run (a collective: every process calls it at the same steps, so
+        all stop at the same step, with one checkpoint)."""
+        if not any_process(bool(self.received)):
             return
         self.save(state, epoch_sums)
-        signum = self.received[0]
+        signum = self.received[0] if self.received else signal.SIGTERM  # another's signal
         raise TrainingInterrupted(
-            signum, f"stopped by {signal.Signals(signum).name} at step {int(state.step)}; "
+            signum, f"stopped by {signal.Signals(signum).name} at step {step_of(state)}; "
                     f"checkpoint saved in {self.checkpoint_dir}, run the same command again "
                     "to resume")
 
@@ -166,4 +170,4 @@ class ProgressBar:
         self.done += batch
         self.bar.update(batch)
         if not self.bar.disable:
-            self.bar.set_postfix(loss=f"{float(batch_metrics['loss']):.1f}")
+            self.bar.set_postfix(loss=f"{float(to_host(batch_metrics['loss'])):.1f}")

@@ -45,16 +45,27 @@ def iwae_bound(log_weights: jax.Array, axis: int = 0) -> jax.Array:
     return jax.nn.logsumexp(log_weights, axis=axis) - math.log(num_samples)
 
 
-def sample_latents(key: jax.Array, mean: jax.Array, stddev: jax.Array,
+def image_keys(key: jax.Array, image_indices: jax.Array) -> jax.Array:
+    """One key per image: `key` folded with each image's index in its split, (B,)."""
+    return jax.vmap(lambda index: jax.random.fold_in(key, index))(image_indices)
+
+
+def sample_latents(keys: jax.Array, mean: jax.Array, stddev: jax.Array,
                    indices: jax.Array) -> jax.Array:
     """z_k = mean + stddev * eps_k for each sample index k in `indices`: (len, B, z).
 
-    eps_k comes from `fold_in(key, k)`, so sample k is the same however the K samples are
-    split into chunks.
+    `keys` holds one key per image, (B,) (`image_keys`; a single key is folded with the
+    row number). Sample k of image b comes from `fold_in(keys[b], k)`: the same however the
+    K samples are chunked, the images batched, or the batch split over devices.
     """
-    eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), mean.shape,
-                                               mean.dtype))(indices)
-    return mean[None] + stddev[None] * eps
+    if keys.ndim == 0:
+        keys = image_keys(keys, jnp.arange(mean.shape[0]))
+
+    def draw(k):
+        return jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k),
+                                                      mean.shape[1:], mean.dtype))(keys)
+
+    return mean[None] + stddev[None] * jax.vmap(draw)(indices)
 
 
 def _log_weights_for(z: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array,
@@ -69,23 +80,24 @@ def _log_weights_for(z: jax.Array, images: jax.Array, mean: jax.Array, stddev: j
     return log_px.reshape(num, batch) + log_pz - log_qz
 
 
-def importance_log_weights(key: jax.Array, images: jax.Array, mean: jax.Array,
+def importance_log_weights(keys: jax.Array, images: jax.Array, mean: jax.Array,
                            stddev: jax.Array, decode_fn: DecodeFn, num_samples: int,
                            log_likelihood_fn: LogLikelihoodFn = bernoulli_log_likelihood,
                            ) -> jax.Array:
     """All K log-weights at once, (K, B): unchunked (K x B decodes in memory); for small K
-    and tests. Sample k is the same as in `iwae_log_likelihood` with the same key."""
-    z = sample_latents(key, mean, stddev, jnp.arange(num_samples))
+    and tests. Sample k is the same as in `iwae_log_likelihood` with the same keys."""
+    z = sample_latents(keys, mean, stddev, jnp.arange(num_samples))
     return _log_weights_for(z, images, mean, stddev, decode_fn, log_likelihood_fn)
 
 
-def iwae_log_likelihood(key: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array,
+def iwae_log_likelihood(keys: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array,
                         decode_fn: DecodeFn, num_samples: int, chunk_size: int | None = None,
                         log_likelihood_fn: LogLikelihoodFn = bernoulli_log_likelihood,
                         ) -> jax.Array:
     """The IWAE estimate of log p(x) per image with K = `num_samples` samples: (B,).
 
-    images (B, ...), mean and stddev (B, z) of q(z|x) (the encoder runs once, outside);
+    keys: one per image, (B,), or a single key (`sample_latents`); images (B, ...), mean
+    and stddev (B, z) of q(z|x) (the encoder runs once, outside);
     `decode_fn` maps (N, z) latents to the likelihood's parameters (logits), and
     `log_likelihood_fn(outputs, targets)` gives log p(x|z) per row. The samples go through
     the decoder `chunk_size` at a time (chunk_size x B images per call) inside a `lax.scan`
@@ -102,7 +114,7 @@ def iwae_log_likelihood(key: jax.Array, images: jax.Array, mean: jax.Array, stdd
 
     def body(running, chunk):
         indices = chunk * chunk_size + jnp.arange(chunk_size)
-        z = sample_latents(key, mean, stddev, indices)
+        z = sample_latents(keys, mean, stddev, indices)
         log_weights = _log_weights_for(z, images, mean, stddev, decode_fn, log_likelihood_fn)
         log_weights = jnp.where((indices < num_samples)[:, None], log_weights, -jnp.inf)
         return jnp.logaddexp(running, jax.nn.logsumexp(log_weights, axis=0)), None

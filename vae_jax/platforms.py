@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import jax
 
@@ -20,16 +21,20 @@ class PlatformError(InputError):
     """The requested platform has no usable device."""
 
 
-def select_platform(platform: str) -> str:
+def select_platform(platform: str, before_start: Callable[[], object] | None = None) -> str:
     """Restricts JAX to `platform` and returns the backend in use ("cpu", "gpu" or "tpu").
 
-    Must run before the first JAX computation. Raises PlatformError when the platform has
-    no usable device, with a one-line message that says how to get one.
+    Must run before the first JAX computation; `before_start()` runs after the restriction
+    and before JAX starts its backends (where `jax.distributed.initialize` belongs). Raises
+    PlatformError when the platform has no usable device, with a one-line message that says
+    how to get one.
     """
     if platform not in PLATFORMS:
         raise PlatformError(f"unknown platform {platform!r}; choose one of {PLATFORMS}")
     if platform != "auto":
         jax.config.update("jax_platforms", _JAX_PLATFORM_NAMES[platform])
+    if before_start is not None:
+        before_start()
     try:
         backend = jax.default_backend()
     except RuntimeError:

@@ -24,6 +24,7 @@ from flax.training import train_state
 from vae_jax import input_pipeline, losses
 from vae_jax.binarize import binarize as binarize_images
 from vae_jax.models import IMAGE_SIZE, VAE
+from vae_jax.parallel import DataParallel, to_host
 
 
 class TrainState(train_state.TrainState):
@@ -51,6 +52,11 @@ class RunKeys:
     @classmethod
     def from_seed(cls, seed: int) -> "RunKeys":
         return cls(*jax.random.split(jax.random.key(seed), 5))
+
+
+def step_of(state: TrainState) -> int:
+    """The state's step as a Python int (the state may be replicated over many processes)."""
+    return int(to_host(state.step))
 
 
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
@@ -95,50 +101,66 @@ def train_step(state: TrainState, images: jax.Array, binarize: bool = False
     return state, metrics
 
 
-def make_train_step(max_traces: int | None = None, binarize: bool = False) -> Callable:
+def make_train_step(max_traces: int | None = None, binarize: bool = False,
+                    parallel: DataParallel | None = None) -> Callable:
     """`train_step` jitted with its state donated.
 
-    With `max_traces`, `chex.assert_max_traces` guards the compilations (a run needs two:
-    the full batch and the last, smaller one). chex counts traces per place in the code, not
-    per function object, so the guard is for tests: in a notebook that trains twice the
-    second run would trip it.
+    With `parallel`, the state (and the metrics) stay replicated on its mesh and the batch
+    is split over it (`DataParallel.split`). With `max_traces`, `chex.assert_max_traces`
+    guards the compilations (a run needs two: the full batch and the last, smaller one).
+    chex counts traces per place in the code, not per function object, so the guard is for
+    tests: in a notebook that trains twice the second run would trip it.
     """
     def step(state, images):
         return train_step(state, images, binarize)
 
     if max_traces is not None:
         step = chex.assert_max_traces(step, n=max_traces)
-    return jax.jit(step, donate_argnums=0)
+    shardings = {} if parallel is None else dict(
+        in_shardings=(parallel.replicated, parallel.batch), out_shardings=parallel.replicated)
+    return jax.jit(step, donate_argnums=0, **shardings)
 
 
-def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: bool = False
-                     ) -> Callable:
+def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: bool = False,
+                     parallel: DataParallel | None = None) -> Callable:
     """The whole epoch as one jitted function of (state, images on device, epoch key).
 
     Returns (state, sums) where sums are the per-image metrics summed over the epoch. Data
     order and keys are the same as in the step-by-step loop (`vae_jax.train.run_epoch_steps`).
-    `max_traces` as for `make_train_step` (one compilation serves every epoch).
+    With `parallel`, the state and the training set are replicated on its mesh and each
+    batch is split over it. `max_traces` as for `make_train_step` (one compilation serves
+    every epoch).
     """
-    train_epoch = _train_epoch_fn(batch_size, binarize)
+    train_epoch = _train_epoch_fn(batch_size, binarize,
+                                  None if parallel is None else parallel.batch)
     if max_traces is not None:
         train_epoch = chex.assert_max_traces(train_epoch, n=max_traces)
-    return jax.jit(train_epoch, donate_argnums=0)
+    shardings = {} if parallel is None else dict(in_shardings=parallel.replicated,
+                                                 out_shardings=parallel.replicated)
+    return jax.jit(train_epoch, donate_argnums=0, **shardings)
 
 
-def _train_epoch_fn(batch_size: int, binarize: bool) -> Callable:
+def _train_epoch_fn(batch_size: int, binarize: bool, batch_sharding=None) -> Callable:
+    def batch_of(images, indices):
+        batch = images[indices]
+        if batch_sharding is None:
+            return batch
+        return jax.lax.with_sharding_constraint(batch, batch_sharding)
+
     def train_epoch(state, images, epoch_key):
         num_examples = images.shape[0]
         order = input_pipeline.epoch_permutation(epoch_key, num_examples)
         num_full = num_examples // batch_size
 
         def body(state, batch_indices):
-            return train_step(state, images[batch_indices], binarize)
+            return train_step(state, batch_of(images, batch_indices), binarize)
 
         state, metrics = jax.lax.scan(
             body, state, order[:num_full * batch_size].reshape(num_full, batch_size))
         sums = jax.tree.map(lambda m: m.sum() * batch_size, metrics)
         if num_examples % batch_size:
-            state, last = train_step(state, images[order[num_full * batch_size:]], binarize)
+            state, last = train_step(
+                state, batch_of(images, order[num_full * batch_size:]), binarize)
             rest = num_examples - num_full * batch_size
             sums = jax.tree.map(lambda s, m: s + m * rest, sums, last)
         return state, sums

@@ -16,6 +16,7 @@ Two ways to run an epoch, with the same result:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -34,8 +35,9 @@ from vae_jax.config import EpochMode, TrainConfig, write_config_file
 from vae_jax.errors import InputError
 from vae_jax.losses import METRIC_NAMES
 from vae_jax.models import VAE, variable_shapes
+from vae_jax.parallel import DataParallel, barrier, host, is_main_process, to_host
 from vae_jax.steps import (RunKeys, TrainState, create_train_state, make_optimizer,
-                           make_train_epoch, make_train_step)
+                           make_train_epoch, make_train_step, step_of)
 from vae_jax.workdir import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, QUARANTINE_DIR,
                              TENSORBOARD_DIR, command_line, exclusive, holds_saved_variables,
                              require_writable)
@@ -56,17 +58,19 @@ def resolve_epoch_mode(epoch_mode: EpochMode) -> str:
 
 def run_epoch_steps(step_fn: Callable, state: TrainState, images: np.ndarray,
                     epoch_key: jax.Array, batch_size: int, *, first_batch: int = 0,
-                    sums: dict | None = None, step_hooks: tuple[hooks.StepHook, ...] = ()
+                    sums: dict | None = None, step_hooks: tuple[hooks.StepHook, ...] = (),
+                    place: Callable[[np.ndarray], jax.Array] = jax.numpy.asarray,
                     ) -> tuple[TrainState, dict]:
     """One epoch as a Python loop of jitted steps; returns (state, metrics summed over images).
 
     `first_batch` and `sums` continue an epoch that was interrupted after that many batches;
-    each of `step_hooks` runs after every step.
+    each of `step_hooks` runs after every step. `place` puts each batch on the devices
+    (`DataParallel.split`: split over the run's mesh).
     """
     order = np.asarray(input_pipeline.epoch_permutation(epoch_key, images.shape[0]))
     for batch_slice in input_pipeline.batch_slices(images.shape[0], batch_size)[first_batch:]:
         batch = images[order[batch_slice]]
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, place(batch))
         weighted = jax.tree.map(lambda m: m * batch.shape[0], metrics)
         sums = weighted if sums is None else jax.tree.map(jax.numpy.add, sums, weighted)
         for hook in step_hooks:
@@ -82,10 +86,11 @@ def _reconstruct_and_sample(model: VAE, variables, images, key, prior_z):
 
 
 def epoch_pictures(model: VAE, variables: dict, images: np.ndarray, key: jax.Array,
-                   prior_z: jax.Array) -> EpochPictures:
-    """The test `images` beside their reconstructions, and the decoded `prior_z`."""
-    reconstructions, samples = jax.device_get(
-        _reconstruct_and_sample(model, variables, images, key, prior_z))
+                   prior_z: jax.Array, parallel: DataParallel) -> EpochPictures:
+    """The test `images` beside their reconstructions, and the decoded `prior_z` (computed
+    on every device of the mesh alike: 25 images need no splitting)."""
+    reconstructions, samples = host(_reconstruct_and_sample(
+        model, variables, *parallel.replicate((images, key, prior_z))))
     return EpochPictures(originals=images, reconstructions=reconstructions, samples=samples)
 
 
@@ -128,17 +133,18 @@ class EpochRunner:
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
     set on the device). Returns (state, the per-image metrics summed over the epoch)."""
 
-    def __init__(self, config: TrainConfig, images: np.ndarray,
+    def __init__(self, config: TrainConfig, images: np.ndarray, parallel: DataParallel,
                  step_hooks: tuple[hooks.StepHook, ...], progress: bool):
         self.config, self.images, self.mode = config, images, config.epoch_mode
-        self.step_hooks, self.progress = step_hooks, progress
+        self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
         binarize = config.binarize == "dynamic"
-        self.step_fn = make_train_step(binarize=binarize)
-        self.epoch_fn = make_train_epoch(config.batch_size, binarize=binarize)
-        self.device_images = jax.device_put(images) if self.mode == "scan" else None
+        self.step_fn = make_train_step(binarize=binarize, parallel=parallel)
+        self.epoch_fn = make_train_epoch(config.batch_size, binarize=binarize, parallel=parallel)
+        self.device_images = parallel.replicate(images) if self.mode == "scan" else None
 
     def __call__(self, state: TrainState, epoch: int, epoch_key: jax.Array, *,
                  first_batch: int = 0, sums: dict | None = None) -> tuple[TrainState, dict]:
+        epoch_key = self.parallel.replicate(epoch_key)
         if self.mode == "scan" and first_batch == 0:
             return self.epoch_fn(state, self.device_images, epoch_key)
         with hooks.ProgressBar(len(self.images), self.config.batch_size,
@@ -146,7 +152,8 @@ class EpochRunner:
                                description=f"epoch {epoch}/{self.config.epochs}") as bar:
             return run_epoch_steps(self.step_fn, state, self.images, epoch_key,
                                    self.config.batch_size, first_batch=first_batch, sums=sums,
-                                   step_hooks=(*self.step_hooks, bar))
+                                   step_hooks=(*self.step_hooks, bar),
+                                   place=self.parallel.split)
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = True,
@@ -165,40 +172,48 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
     check_workdir(workdir)
     model = VAE(z_dim=config.z_dim, implementation=config.implementation)
     check_fits_in_memory(model, config)
+    parallel = DataParallel.create(config.devices)
     train_images, _ = input_pipeline.load_split(
         config.dataset, config.train_split, config.data_dir, download=config.download)
     test_images, _ = input_pipeline.load_split(
         config.dataset, config.test_split, config.data_dir, download=config.download)
+    parallel.check_batches(len(train_images), config.batch_size)
     keys = RunKeys.from_seed(config.seed)
     steps_per_epoch = input_pipeline.num_batches(len(train_images), config.batch_size)
     picture_key, prior_key = jax.random.split(keys.pictures)
     prior_z = jax.random.normal(prior_key, (NUM_SAMPLES, config.z_dim))
+    main = is_main_process()  # the process that writes files and prints
+    log = log if main else (lambda line: None)
 
-    with exclusive(workdir, command_line()), \
+    with exclusive(workdir, command_line()) if main else contextlib.nullcontext(), \
             checkpoints.RunCheckpoints(workdir, keep=config.keep) as run:
-        if fresh:
+        if fresh and main:
             clear_run_outputs(workdir)
+        barrier("vae_jax: the workdir is ready")
         state, epoch_sums, restored = run.restore_or_initialize(
             lambda: create_train_state(model, make_optimizer(config.learning_rate), keys.init,
-                                       keys.train), config=config)
-        first_epoch, first_batch = divmod(int(state.step), steps_per_epoch)
+                                       keys.train), config=config, sharding=parallel.replicated)
+        state = parallel.replicate(state)
+        first_epoch, first_batch = divmod(step_of(state), steps_per_epoch)
         first_epoch += 1
         if restored:
-            log(f"resuming from the checkpoint at step {int(state.step)} (epoch {first_epoch}, "
+            log(f"resuming from the checkpoint at step {step_of(state)} (epoch {first_epoch}, "
                 f"batch {first_batch}) in {run.directory}")
-        write_config_file(workdir, config.to_json())
+        if main:
+            write_config_file(workdir, config.to_json())
         if first_epoch > config.epochs:
             log(f"nothing to do: the run in {workdir} has already trained {config.epochs} "
                 "epochs")
             return state
-        log(f"training on {jax.default_backend()} ({config.epoch_mode} epochs): "
+        log(f"training on {parallel.describe()} ({config.epoch_mode} epochs): "
             f"{len(train_images)} train / {len(test_images)} test images of {config.dataset}, "
             f"batch {config.batch_size}")
 
         save = hooks.Checkpointer(run, steps_per_epoch)
-        with EpochWriter(workdir, completed_epochs=first_epoch - 1, log=log) as writer, \
+        with EpochWriter(workdir, completed_epochs=first_epoch - 1, log=log,
+                         enabled=main) as writer, \
                 hooks.StopSignal(save, steps_per_epoch, run.directory) as stop:
-            run_epoch = EpochRunner(config, train_images, progress=progress,
+            run_epoch = EpochRunner(config, train_images, parallel, progress=progress and main,
                                     step_hooks=(hooks.FiniteLoss(steps_per_epoch, run.directory),
                                                 hooks.PeriodicCheckpoint(
                                                     config.checkpoint_every, steps_per_epoch,
@@ -211,28 +226,31 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
                 state, sums = run_epoch(state, epoch, jax.random.fold_in(keys.shuffle, epoch),
                                         first_batch=batches_done,
                                         sums=epoch_sums if batches_done else None)
-                hooks.require_finite(sums["loss"], "the epoch's training loss", int(state.step),
+                hooks.require_finite(sums["loss"], "the epoch's training loss", step_of(state),
                                      steps_per_epoch, run.directory)
                 train_seconds = time.perf_counter() - start
                 # Evaluate.
                 test = evaluate.neg_elbo(model, state.variables, test_images,
                                          jax.random.fold_in(keys.eval, epoch),
                                          batch_size=config.batch_size,
-                                         binarize_mode=config.binarize).averages()
-                hooks.require_finite(test, "the test loss", int(state.step), steps_per_epoch,
+                                         binarize_mode=config.binarize,
+                                         parallel=parallel).averages()
+                hooks.require_finite(test, "the test loss", step_of(state), steps_per_epoch,
                                      run.directory)
                 trained = len(train_images) - batches_done * config.batch_size
-                record = {"epoch": epoch, "step": int(state.step),
-                          **{f"train_{name}": float(sums[name]) / len(train_images)
+                record = {"epoch": epoch, "step": step_of(state),
+                          **{f"train_{name}": float(to_host(sums[name])) / len(train_images)
                              for name in METRIC_NAMES},
                           **{f"test_{name}": test[name] for name in METRIC_NAMES},
                           "images_per_sec": trained / train_seconds,
-                          "seconds": time.perf_counter() - start}
+                          "seconds": time.perf_counter() - start,
+                          "devices": parallel.device_count,
+                          "processes": parallel.process_count}
                 # Write, then checkpoint: a resumed run redoes an epoch whose checkpoint is
                 # missing and drops its line, so metrics.jsonl always matches the checkpoints.
                 writer.write(record, epoch_pictures(model, state.variables,
                                                     test_images[:NUM_RECONSTRUCTIONS],
-                                                    picture_key, prior_z))
+                                                    picture_key, prior_z, parallel))
                 save(state)
                 stop.check(state, None)
     return state
@@ -248,6 +266,7 @@ def build_parser() -> cli.OneLineParser:
         description="Train the DeepLearning.AI course's convolutional VAE.")
     cli.add_platform_flag(parser)
     cli.add_config_flags(parser, TrainConfig)
+    cli.add_distributed_flags(parser)
     parser.add_argument("--workdir", default="runs/vae",
                         help="where metrics, pictures and checkpoints go; running again on "
                              "the same workdir resumes the run (default: runs/vae)")

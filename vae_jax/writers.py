@@ -62,12 +62,16 @@ class EpochWriter:
     """Writes each epoch's record and pictures into `workdir`; a context manager.
 
     `completed_epochs`: the epochs the run has already finished; later lines of an existing
-    metrics.jsonl are dropped (a resumed run redoes those epochs).
+    metrics.jsonl are dropped (a resumed run redoes those epochs). Not `enabled`, it writes
+    nothing (every process of a run but the first).
     """
 
     def __init__(self, workdir: str, *, completed_epochs: int,
-                 log: Callable[[str], None] = print):
-        self.workdir, self.log = workdir, log
+                 log: Callable[[str], None] = print, enabled: bool = True):
+        self.workdir, self.log, self.enabled = workdir, log, enabled
+        self.tensorboard = None
+        if not enabled:  # a process other than the one that writes (vae_jax.parallel)
+            return
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
         kept = [record for record in (read_metrics(self.metrics_path, warn=log)
                                       if os.path.exists(self.metrics_path) else [])
@@ -84,6 +88,8 @@ class EpochWriter:
         self.close()
 
     def write(self, record: dict, pictures: EpochPictures) -> None:
+        if not self.enabled:
+            return
         epoch = record["epoch"]
         with open(self.metrics_path, "a", encoding="utf-8") as file:
             file.write(_json_line(record))
@@ -117,7 +123,8 @@ class EpochWriter:
         self.tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _json_line(record: dict) -> str:
