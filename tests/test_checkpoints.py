@@ -97,8 +97,8 @@ def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_make_train_step = train.make_train_step
 
-    def make_poisoned_train_step(max_traces=2, binarize=False, parallel=None):
-        step_fn = real_make_train_step(max_traces, binarize, parallel)
+    def make_poisoned_train_step(**options):
+        step_fn = real_make_train_step(max_traces=2, **options)
 
         def poisoned(state, images):
             if int(state.step) == 3:  # the batch of step 4 holds a NaN pixel

@@ -50,6 +50,12 @@ def test_flags_set_the_settings():
     (["--checkpoint-every", "-2"], "argument --checkpoint-every: must be positive, got -2"),
     (["--learning-rate", "fast"], "argument --learning-rate: 'fast' is not a float"),
     (["--binarize", "static"], "argument --binarize: invalid choice: 'static'"),
+    (["--kl-weight", "-1"], "argument --kl-weight: must be a finite number >= 0, got -1"),
+    (["--kl-weight", "nan"], "argument --kl-weight: must be a finite number >= 0, got nan"),
+    (["--kl-weight", "inf"], "argument --kl-weight: must be a finite number >= 0, got inf"),
+    (["--kl-warmup-epochs", "1.5"], "argument --kl-warmup-epochs: '1.5' is not an int"),
+    (["--kl-warmup-epochs", "-1"],
+     "argument --kl-warmup-epochs: must be a finite number >= 0, got -1"),
 ])
 def test_bad_settings_are_one_line(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -13,7 +13,8 @@ def test_the_settings_a_resume_must_match():
     must_match = {field.name for field in dataclasses.fields(TrainConfig)
                   if field.metadata["resume_must_match"]}
     assert must_match == {"z_dim", "batch_size", "learning_rate", "seed", "dataset",
-                          "train_split", "binarize", "epoch_mode"}
+                          "train_split", "binarize", "epoch_mode", "kl_weight",
+                          "kl_warmup_epochs"}
 
 
 def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):
@@ -24,6 +25,20 @@ def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):
         TrainConfig(batch_size=128).check_resumable(saved, "runs/a")
     with pytest.raises(ResumeMismatchError, match="^--binarize dynamic differs from none"):
         TrainConfig(batch_size=64, binarize="dynamic").check_resumable(saved, "runs/a")
+
+
+def test_a_setting_older_than_the_saved_run_is_compared_with_its_default():
+    saved = TrainConfig().to_json()
+    del saved["kl_weight"], saved["kl_warmup_epochs"]  # a run saved before they existed
+    TrainConfig(kl_weight=1.0).check_resumable(saved, "runs/a")
+    with pytest.raises(ResumeMismatchError, match="^--kl-weight 0.5 differs from 1.0 of"):
+        TrainConfig(kl_weight=0.5).check_resumable(saved, "runs/a")
+
+
+@pytest.mark.parametrize("kl_weight", [-1.0, float("nan"), float("inf")])
+def test_a_kl_weight_must_be_a_finite_number_at_least_zero(kl_weight):
+    with pytest.raises(InputError, match="kl_weight must be a finite number >= 0"):
+        TrainConfig(kl_weight=kl_weight)
 
 
 @pytest.mark.parametrize("field, value", [("binarize", "static"), ("epoch_mode", "fast"),

@@ -86,3 +86,25 @@ def test_kl_per_dimension_sums_to_the_loss_kl_and_vanishes_at_the_prior():
     np.testing.assert_allclose(per_dim.sum(-1), losses.kl_divergence(mean, stddev), rtol=1e-6)
     np.testing.assert_allclose(losses.kl_per_dimension(np.zeros(3), np.ones(3)), 0.0)
     np.testing.assert_allclose(losses.kl_per_dimension(np.array([2.0]), np.array([1.0])), 2.0)
+
+
+def test_the_kl_weight_weighs_the_loss_but_not_the_reported_elbo():
+    logits = jax.random.normal(jax.random.key(0), (3, 28, 28, 1))
+    targets = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    mean, stddev = jnp.full((3, 32), 0.5), jnp.full((3, 32), 0.7)
+    reconstruction = losses.reconstruction_loss(logits, targets).sum()
+    kl = losses.kl_divergence(mean, stddev).sum()
+    course, course_metrics = losses.vae_loss(logits, targets, mean, stddev)
+    for weight, expected in ((1.0, reconstruction + kl), (0.0, reconstruction),
+                             (4.0, reconstruction + 4 * kl)):
+        loss, metrics = losses.vae_loss(logits, targets, mean, stddev, kl_weight=weight)
+        chex.assert_trees_all_close(loss, expected, rtol=1e-6)
+        chex.assert_trees_all_equal(metrics, course_metrics)  # always the true ELBO
+    chex.assert_trees_all_equal(losses.vae_loss(logits, targets, mean, stddev, 1.0)[0], course)
+
+
+def test_the_kl_weight_warms_up_linearly_step_by_step():
+    schedule = losses.KLSchedule(weight=2.0, warmup_steps=4)
+    np.testing.assert_allclose([schedule.at(step) for step in range(6)],
+                               [0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
+    assert float(losses.KLSchedule(0.5).at(0)) == 0.5

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import sys
 import typing
@@ -48,49 +49,43 @@ def program_name(default: str) -> str:
     return called if called.startswith("vae-jax-") else default
 
 
-def positive(kind):
-    """An argparse type: `kind(text)` (int or float), refused unless > 0."""
+_A_NUMBER = {int: "an int", float: "a float"}
+
+
+def checked_number(kind: type, accept: Callable[[Any], bool], requirement: str):
+    """An argparse type: `kind(text)` (int or float), refused with "`requirement`, got
+    TEXT" unless `accept(value)`."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_A_NUMBER[kind]}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
-positive_int = positive(int)
+def positive(kind: type):
+    """An argparse type: `kind(text)`, refused unless > 0."""
+    return checked_number(kind, lambda value: value > 0, "must be positive")
+
+
+def non_negative(kind: type):
+    """An argparse type: `kind(text)`, refused unless finite and >= 0."""
+    return checked_number(kind, lambda value: 0 <= value < math.inf,
+                          "must be a finite number >= 0")
 
 
 def bounded_int(low: int, high: int):
     """An argparse type: an int in low..high (both included)."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
-        return value
-    parse.__name__ = "int"
-    return parse
+    return checked_number(int, lambda value: low <= value <= high, f"must be in {low}..{high}")
 
 
+positive_int = positive(int)
 seed = bounded_int(0, MAX_SEED)
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+non_negative_int = non_negative(int)
 
 
 def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
@@ -193,7 +188,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> Non
         else:
             base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
             parse = (bounded_int(0, meta["maximum"]) if meta.get("maximum") is not None
-                     else positive(base) if meta.get("positive") else base)
+                     else positive(base) if meta.get("positive")
+                     else non_negative(base) if meta.get("non_negative") else base)
             parser.add_argument(flag_name(field), dest=field.name, default=field.default,
                                 type=parse, metavar=meta.get("metavar"), help=help_text)
 

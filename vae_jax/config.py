@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import typing
 from typing import Any, Literal, Mapping
@@ -26,18 +27,19 @@ EpochMode = Literal["auto", "steps", "scan"]
 MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
 
 
-def setting(default, help: str, *, positive: bool = False, maximum: int | None = None,
-            resume_must_match: bool = False, flag: str | None = None,
-            default_text: str | None = None, metavar: str | None = None):
+def setting(default, help: str, *, positive: bool = False, non_negative: bool = False,
+            maximum: int | None = None, resume_must_match: bool = False,
+            flag: str | None = None, default_text: str | None = None,
+            metavar: str | None = None):
     """A TrainConfig field: its default plus what the command line needs to know.
 
-    `positive`: values <= 0 are refused (`maximum` bounds from above; `seed` takes
-    0..MAX_SEED). `flag`: the flag's spelling when it is not `--field-name` (e.g.
-    `--no-download` for `download=True`). `default_text`: how the help shows the default,
-    when not the value itself.
+    `positive`: values <= 0 are refused; `non_negative`: values < 0 (`maximum` bounds from
+    above; `seed` takes 0..MAX_SEED). `flag`: the flag's spelling when it is not
+    `--field-name` (e.g. `--no-download` for `download=True`). `default_text`: how the help
+    shows the default, when not the value itself.
     """
     return dataclasses.field(default=default, metadata={
-        "help": help, "positive": positive, "maximum": maximum,
+        "help": help, "positive": positive, "non_negative": non_negative, "maximum": maximum,
         "resume_must_match": resume_must_match, "flag": flag, "default_text": default_text,
         "metavar": metavar})
 
@@ -54,6 +56,13 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8)",
                                    positive=True, resume_must_match=True)
     z_dim: int = setting(32, "latent dimensions", positive=True, resume_must_match=True)
+    kl_weight: float = setting(
+        1.0, "beta, the weight of the KL term in the loss that is optimised (1: the course; "
+        "0: an autoencoder; above 1: a beta-VAE); the negative ELBO reported is always the "
+        "true one", non_negative=True, resume_must_match=True)
+    kl_warmup_epochs: int = setting(
+        0, "raise beta linearly from 0 to --kl-weight over the first N epochs, step by step",
+        non_negative=True, resume_must_match=True, metavar="N")
     seed: int = setting(0, f"everything random (init, shuffling, samples) derives from it; "
                         f"0 to {MAX_SEED}", maximum=MAX_SEED, resume_must_match=True)
     dataset: str = setting("mnist", "a tfds dataset of 28x28 grayscale images (mnist, "
@@ -94,6 +103,8 @@ class TrainConfig:
             value, meta = getattr(self, field.name), field.metadata
             if meta["positive"] and not value > 0 and not (value == 0 == field.default):
                 raise InputError(f"{field.name} must be positive, got {value}")
+            if meta["non_negative"] and not 0 <= value < math.inf:
+                raise InputError(f"{field.name} must be a finite number >= 0, got {value}")
             if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
                 raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")
 
@@ -109,13 +120,15 @@ class TrainConfig:
     def check_resumable(self, saved: Mapping[str, Any], directory: str) -> None:
         """Raises ResumeMismatchError naming the first setting that differs from `saved`
         (a run's config.json) where the result would differ. A run stores its modes
-        resolved (`epoch_mode` "steps" or "scan"); a saved "auto" is not compared."""
+        resolved (`epoch_mode` "steps" or "scan"); a saved "auto" is not compared. A setting
+        that `saved` lacks (it is older than the setting) ran at today's default."""
         for field in dataclasses.fields(self):
             name = field.name
-            if field.metadata["resume_must_match"] and name in saved and (
-                    saved[name] != getattr(self, name)) and saved[name] != "auto":
+            value = saved.get(name, field.default)
+            if field.metadata["resume_must_match"] and (
+                    value != getattr(self, name)) and value != "auto":
                 raise ResumeMismatchError(
-                    f"{flag_name(field)} {getattr(self, name)} differs from {saved[name]} of "
+                    f"{flag_name(field)} {getattr(self, name)} differs from {value} of "
                     f"the run saved in {directory}; pass the same value, or --fresh "
                     "--overwrite to start over")
 

@@ -5,6 +5,8 @@ Pure functions; per-image values have shape (B,).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,17 +38,34 @@ def kl_divergence(mean: jax.Array, stddev: jax.Array) -> jax.Array:
     return kl_per_dimension(mean, stddev).sum(axis=-1)
 
 
-def vae_loss(logits: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The course's batch loss and per-image metrics.
+def vae_loss(logits: jax.Array, images: jax.Array, mean: jax.Array, stddev: jax.Array,
+             kl_weight: float | jax.Array = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The batch loss that training minimises, and the per-image metrics.
 
-    Returns (loss, metrics): `loss` is summed over pixels, latent dimensions and images, as
-    the original optimises it; metrics are means over the batch of the per-image negative
-    ELBO (`loss`), its `reconstruction` part and its `kl` part.
+    Returns (loss, metrics): `loss` is reconstruction + kl_weight * KL, summed over pixels,
+    latent dimensions and images, as the original optimises it (kl_weight = 1: the course;
+    another β weighs the KL term, as in a beta-VAE). The metrics are always the true ones,
+    whatever the weight: means over the batch of the per-image negative ELBO (`loss`), its
+    `reconstruction` part and its `kl` part.
     """
     reconstruction = reconstruction_loss(logits, images)
     kl = kl_divergence(mean, stddev)
     per_image = reconstruction + kl
     metrics = {"loss": per_image.mean(), "reconstruction": reconstruction.mean(),
                "kl": kl.mean()}
-    return per_image.sum(), metrics
+    return (reconstruction + kl_weight * kl).sum(), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class KLSchedule:
+    """The KL term's weight β at each training step: `weight`, reached linearly from 0 over
+    the first `warmup_steps` steps (0: from the first step on)."""
+
+    weight: float = 1.0
+    warmup_steps: int = 0
+
+    def at(self, step: jax.Array | int) -> jax.Array:
+        """β at step `step` (counted from 0): weight * min(1, step / warmup_steps)."""
+        if self.warmup_steps <= 0:
+            return jnp.asarray(self.weight, jnp.float32)
+        return self.weight * jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / self.warmup_steps)

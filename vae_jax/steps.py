@@ -23,6 +23,7 @@ from flax.training import train_state
 
 from vae_jax import input_pipeline, losses
 from vae_jax.binarize import binarize as binarize_images
+from vae_jax.losses import KLSchedule
 from vae_jax.models import IMAGE_SIZE, VAE
 from vae_jax.parallel import DataParallel, to_host
 
@@ -69,19 +70,23 @@ def create_train_state(model: VAE, optimizer: optax.GradientTransformation,
     """Initialises the model's variables and the optimizer's state."""
     param_key, noise_key = jax.random.split(init_key)
     dummy = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, model.im_chan), jnp.float32)
-    variables = model.init(param_key, dummy, noise_key, train=False)
+    # One compiled program: run op by op, init compiles each op on its own (14 s on 2 cores).
+    variables = jax.jit(model.init, static_argnames="train")(param_key, dummy, noise_key,
+                                                             train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              tx=optimizer,
                              batch_stats=variables["batch_stats"], key=train_key)
 
 
-def train_step(state: TrainState, images: jax.Array, binarize: bool = False
-               ) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, images: jax.Array, binarize: bool = False,
+               kl: KLSchedule = KLSchedule()) -> tuple[TrainState, dict]:
     """One Adam step on a batch (B, 28, 28, C); returns the new state and batch metrics.
 
-    Metrics are the batch means (per image, before the update) of `loss`, `reconstruction`
-    and `kl`. The state's key is split: one part samples z now, the other is kept. With
-    `binarize`, a third part draws the batch's binary images (input and target).
+    Metrics are the batch means (per image, before the update) of `loss` (the true negative
+    ELBO), `reconstruction` and `kl`. The loss minimised weighs the KL term by
+    `kl.at(state.step)` (β; 1 by default, the course). The state's key is split: one part
+    samples z now, the other is kept. With `binarize`, a third part draws the batch's binary
+    images (input and target).
     """
     if binarize:
         key, sample_key, binarize_key = jax.random.split(state.key, 3)
@@ -93,7 +98,7 @@ def train_step(state: TrainState, images: jax.Array, binarize: bool = False
         (logits, mean, stddev), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, images, sample_key,
             train=True, mutable=["batch_stats"])
-        loss, metrics = losses.vae_loss(logits, images, mean, stddev)
+        loss, metrics = losses.vae_loss(logits, images, mean, stddev, kl.at(state.step))
         return loss, (metrics, updates["batch_stats"])
 
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -102,8 +107,9 @@ def train_step(state: TrainState, images: jax.Array, binarize: bool = False
 
 
 def make_train_step(max_traces: int | None = None, binarize: bool = False,
-                    parallel: DataParallel | None = None) -> Callable:
-    """`train_step` jitted with its state donated.
+                    parallel: DataParallel | None = None, kl: KLSchedule = KLSchedule()
+                    ) -> Callable:
+    """`train_step` jitted with its state donated; `kl` schedules the KL term's weight β.
 
     With `parallel`, the state (and the metrics) stay replicated on its mesh and the batch
     is split over it (`DataParallel.split`). With `max_traces`, `chex.assert_max_traces`
@@ -112,7 +118,7 @@ def make_train_step(max_traces: int | None = None, binarize: bool = False,
     tests: in a notebook that trains twice the second run would trip it.
     """
     def step(state, images):
-        return train_step(state, images, binarize)
+        return train_step(state, images, binarize, kl)
 
     if max_traces is not None:
         step = chex.assert_max_traces(step, n=max_traces)
@@ -122,7 +128,8 @@ def make_train_step(max_traces: int | None = None, binarize: bool = False,
 
 
 def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: bool = False,
-                     parallel: DataParallel | None = None) -> Callable:
+                     parallel: DataParallel | None = None, kl: KLSchedule = KLSchedule()
+                     ) -> Callable:
     """The whole epoch as one jitted function of (state, images on device, epoch key).
 
     Returns (state, sums) where sums are the per-image metrics summed over the epoch. Data
@@ -132,7 +139,7 @@ def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: b
     every epoch).
     """
     train_epoch = _train_epoch_fn(batch_size, binarize,
-                                  None if parallel is None else parallel.batch)
+                                  None if parallel is None else parallel.batch, kl)
     if max_traces is not None:
         train_epoch = chex.assert_max_traces(train_epoch, n=max_traces)
     shardings = {} if parallel is None else dict(in_shardings=parallel.replicated,
@@ -140,7 +147,8 @@ def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: b
     return jax.jit(train_epoch, donate_argnums=0, **shardings)
 
 
-def _train_epoch_fn(batch_size: int, binarize: bool, batch_sharding=None) -> Callable:
+def _train_epoch_fn(batch_size: int, binarize: bool, batch_sharding=None,
+                    kl: KLSchedule = KLSchedule()) -> Callable:
     def batch_of(images, indices):
         batch = images[indices]
         if batch_sharding is None:
@@ -153,14 +161,14 @@ def _train_epoch_fn(batch_size: int, binarize: bool, batch_sharding=None) -> Cal
         num_full = num_examples // batch_size
 
         def body(state, batch_indices):
-            return train_step(state, batch_of(images, batch_indices), binarize)
+            return train_step(state, batch_of(images, batch_indices), binarize, kl)
 
         state, metrics = jax.lax.scan(
             body, state, order[:num_full * batch_size].reshape(num_full, batch_size))
         sums = jax.tree.map(lambda m: m.sum() * batch_size, metrics)
         if num_examples % batch_size:
             state, last = train_step(
-                state, batch_of(images, order[num_full * batch_size:]), binarize)
+                state, batch_of(images, order[num_full * batch_size:]), binarize, kl)
             rest = num_examples - num_full * batch_size
             sums = jax.tree.map(lambda s, m: s + m * rest, sums, last)
         return state, sums

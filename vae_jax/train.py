@@ -33,7 +33,7 @@ import numpy as np
 from vae_jax import checkpoints, cli, evaluate, hooks, input_pipeline, platforms
 from vae_jax.config import EpochMode, TrainConfig, write_config_file
 from vae_jax.errors import InputError
-from vae_jax.losses import METRIC_NAMES
+from vae_jax.losses import METRIC_NAMES, KLSchedule
 from vae_jax.models import VAE, variable_shapes
 from vae_jax.parallel import DataParallel, barrier, host, is_main_process, to_host
 from vae_jax.steps import (RunKeys, TrainState, create_train_state, make_optimizer,
@@ -128,6 +128,12 @@ def clear_run_outputs(workdir: str) -> None:
         os.remove(path)
 
 
+def kl_schedule(config: TrainConfig, num_train_images: int) -> KLSchedule:
+    """β over the run: `--kl-weight`, reached over the first `--kl-warmup-epochs` epochs."""
+    steps_per_epoch = input_pipeline.num_batches(num_train_images, config.batch_size)
+    return KLSchedule(config.kl_weight, config.kl_warmup_epochs * steps_per_epoch)
+
+
 class EpochRunner:
     """Runs one epoch of training in the chosen mode: "steps" (a jitted step per batch, with
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
@@ -137,9 +143,10 @@ class EpochRunner:
                  step_hooks: tuple[hooks.StepHook, ...], progress: bool):
         self.config, self.images, self.mode = config, images, config.epoch_mode
         self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
-        binarize = config.binarize == "dynamic"
-        self.step_fn = make_train_step(binarize=binarize, parallel=parallel)
-        self.epoch_fn = make_train_epoch(config.batch_size, binarize=binarize, parallel=parallel)
+        options = dict(binarize=config.binarize == "dynamic", parallel=parallel,
+                       kl=kl_schedule(config, len(images)))
+        self.step_fn = make_train_step(**options)
+        self.epoch_fn = make_train_epoch(config.batch_size, **options)
         self.device_images = parallel.replicate(images) if self.mode == "scan" else None
 
     def __call__(self, state: TrainState, epoch: int, epoch_key: jax.Array, *,
@@ -242,6 +249,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
                           **{f"train_{name}": float(to_host(sums[name])) / len(train_images)
                              for name in METRIC_NAMES},
                           **{f"test_{name}": test[name] for name in METRIC_NAMES},
+                          "kl_weight": float(kl_schedule(config, len(train_images)).at(
+                              step_of(state) - 1)),
                           "images_per_sec": trained / train_seconds,
                           "seconds": time.perf_counter() - start,
                           "devices": parallel.device_count,

@@ -1,0 +1,75 @@
+"""The learners' notebook runs top to bottom, in its quick mode, and draws its figures.
+
+Quick mode (VAE_JAX_NOTEBOOK_QUICK=1) trains on 512 images for one epoch; where MNIST is not
+prepared in TFDS_DATA_DIR, the notebook reads tfds's mock MNIST (random images of MNIST's
+shape), so the test needs no internet either way.
+"""
+
+import os
+import pathlib
+import re
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+NOTEBOOK = pathlib.Path(__file__).parent.parent / "notebooks" / "vae_course_in_jax.ipynb"
+FIGURES = 4  # besides one picture of reconstructions per epoch
+
+
+def _mnist_is_prepared() -> bool:
+    data_dir = os.environ.get("TFDS_DATA_DIR")
+    return bool(data_dir) and (pathlib.Path(data_dir) / "mnist").is_dir()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def executed(monkeypatch_module, tmp_path_factory):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    monkeypatch_module.setenv("VAE_JAX_NOTEBOOK_QUICK", "1")
+    monkeypatch_module.setenv("VAE_JAX_NOTEBOOK_RUNS", str(tmp_path_factory.mktemp("runs")))
+    if not _mnist_is_prepared():
+        monkeypatch_module.setenv("VAE_JAX_NOTEBOOK_MOCK_DATA", "1")
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
+    return notebook
+
+
+def _outputs(notebook, kind):
+    return [output for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.outputs if kind in output.get("data", {})
+            or output.get("output_type") == kind]
+
+
+def test_committed_notebook_keeps_the_outputs_of_a_full_run():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count is not None for cell in code), "a cell was never run"
+    text = "".join(output.get("text", "") for cell in code for output in cell.outputs)
+    assert "Traceback" not in text and not _outputs(notebook, "error")
+    # A full run on real MNIST (quick mode trains on 512 images for one epoch):
+    assert "20000 train / 2000 test images of mnist" in text
+    assert len(_outputs(notebook, "image/png")) == 5 + FIGURES
+
+
+def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
+    text = "".join(output.get("text", "") for cell in executed.cells
+                   if cell.cell_type == "code" for output in cell.outputs)
+    assert not _outputs(executed, "error")
+    # Part 1: the split of the raw output, checked by the notebook itself.
+    assert "raw output: (8, 64)" in text
+    assert re.search(r"first half == mean: +True", text)
+    assert re.search(r"exp\(second half\) == stddev: +True", text)
+    # Part 3b: stop_gradient cuts the reconstruction's road to the encoder.
+    assert re.search(r"with stop_gradient on z: +0\.00\n", text)
+    # Part 3e: the two readings of the second half give the same KL.
+    assert "same KL either way: True" in text
+    # The reconstructions of its one epoch, and the figures.
+    assert len(_outputs(executed, "image/png")) == 1 + FIGURES
