@@ -33,10 +33,11 @@ def setting(default, help: str, *, positive: bool = False, non_negative: bool = 
             metavar: str | None = None):
     """A TrainConfig field: its default plus what the command line needs to know.
 
-    `positive`: values <= 0 are refused; `non_negative`: values < 0 (`maximum` bounds from
-    above; `seed` takes 0..MAX_SEED). `flag`: the flag's spelling when it is not
-    `--field-name` (e.g. `--no-download` for `download=True`). `default_text`: how the help
-    shows the default, when not the value itself.
+    `positive`: values <= 0 are refused; `non_negative`: negative or non-finite ones;
+    `maximum`: an int bound from above, from 0 (`seed` takes 0..MAX_SEED). `flag`: the
+    flag's spelling when it is not `--field-name` (e.g. `--no-download` for
+    `download=True`). `default_text`: how the help shows the default, when not the value
+    itself.
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "positive": positive, "non_negative": non_negative, "maximum": maximum,
