@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 from vae_jax.binarize import BinarizeMode
 from vae_jax.errors import InputError
 from vae_jax.layers import Implementation
-from vae_jax.workdir import CONFIG_FILE
+from vae_jax.workdir import CONFIG_FILE, refuse_json_constant
 
 EpochMode = Literal["auto", "steps", "scan"]
 MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
@@ -176,7 +176,7 @@ def read_config_file(workdir: str) -> dict[str, Any]:
         return {}
     try:
         with open(path, encoding="utf-8") as file:
-            config = json.load(file, parse_constant=_refuse_constant)
+            config = json.load(file, parse_constant=refuse_json_constant)
     except OSError as error:
         raise ConfigFileError(f"cannot read {path}: {error.strerror}") from None
     except (ValueError, UnicodeDecodeError) as error:
@@ -185,10 +185,6 @@ def read_config_file(workdir: str) -> dict[str, Any]:
         raise ConfigFileError(f"{path} is damaged: it holds a {type(config).__name__}, not a "
                               "JSON object")
     return config
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _reason(error: Exception) -> str:

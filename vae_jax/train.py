@@ -137,14 +137,15 @@ def kl_schedule(config: TrainConfig, num_train_images: int) -> KLSchedule:
 class EpochRunner:
     """Runs one epoch of training in the chosen mode: "steps" (a jitted step per batch, with
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
-    set on the device). Returns (state, the per-image metrics summed over the epoch)."""
+    set on the device). Returns (state, the per-image metrics summed over the epoch).
+    `kl` is the run's schedule of the KL weight β."""
 
     def __init__(self, config: TrainConfig, images: np.ndarray, parallel: DataParallel,
                  step_hooks: tuple[hooks.StepHook, ...], progress: bool):
         self.config, self.images, self.mode = config, images, config.epoch_mode
         self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
-        options = dict(binarize=config.binarize == "dynamic", parallel=parallel,
-                       kl=kl_schedule(config, len(images)))
+        self.kl = kl_schedule(config, len(images))
+        options = dict(binarize=config.binarize == "dynamic", parallel=parallel, kl=self.kl)
         self.step_fn = make_train_step(**options)
         self.epoch_fn = make_train_epoch(config.batch_size, **options)
         self.device_images = parallel.replicate(images) if self.mode == "scan" else None
@@ -249,8 +250,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
                           **{f"train_{name}": float(to_host(sums[name])) / len(train_images)
                              for name in METRIC_NAMES},
                           **{f"test_{name}": test[name] for name in METRIC_NAMES},
-                          "kl_weight": float(kl_schedule(config, len(train_images)).at(
-                              step_of(state) - 1)),
+                          "kl_weight": float(run_epoch.kl.at(step_of(state) - 1)),
                           "images_per_sec": trained / train_seconds,
                           "seconds": time.perf_counter() - start,
                           "devices": parallel.device_count,

@@ -122,3 +122,9 @@ def _holder(descriptor: int) -> str:
 def command_line() -> str:
     """This process's command line, for the lock file."""
     return " ".join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])[:300]
+
+
+def refuse_json_constant(name: str):
+    """`parse_constant` for `json.load`: NaN and Infinity are not JSON (a run never writes
+    them), so a file that holds one is damaged."""
+    raise ValueError(f"{name} is not a JSON number")

@@ -18,7 +18,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from vae_jax import grids
-from vae_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
+from vae_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, refuse_json_constant
 
 
 
@@ -45,17 +45,13 @@ def read_metrics(path: str, warn: Callable[[str], None] | None = None) -> list[d
             if not line.strip():
                 continue
             try:
-                record = json.loads(line, parse_constant=_refuse_constant)
+                record = json.loads(line, parse_constant=refuse_json_constant)
                 records[int(record["epoch"])] = record
             except (ValueError, KeyError, TypeError):
                 if warn is not None:
                     warn(f"{path}, line {number}, is not a complete record (a run killed "
                          "while writing it?); skipped")
     return [records[epoch] for epoch in sorted(records)]
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 class EpochWriter:
