@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from vae_jax import bench
+from vae_jax import bench, op_profile
 
 
 def run_bench(capsys, *args):
@@ -15,10 +15,15 @@ def run_bench(capsys, *args):
     return status, captured.out, captured.err
 
 
-def test_json_report_has_the_fields(capsys):
-    status, out, err = run_bench(capsys, "--batch-size", "8", "--steps", "2", "--json")
+def json_report(capsys, *args) -> dict:
+    """`python -m vae_jax.bench ARGS --json` in this process, which must succeed: its report."""
+    status, out, err = run_bench(capsys, *args, "--json")
     assert status == 0, err
-    report = json.loads(out)
+    return json.loads(out)
+
+
+def test_json_report_has_the_fields(capsys):
+    report = json_report(capsys, "--batch-size", "8", "--steps", "2", "--floor-size", "128")
     assert report["backend"] == "cpu"
     assert report["batch_size"] == 8
     assert report["implementation"] == "auto"
@@ -30,11 +35,18 @@ def test_json_report_has_the_fields(capsys):
     assert report["images_per_sec"] == pytest.approx(8e3 / report["ms_per_step"], rel=0.01)
     assert report["peak_memory_kind"] == "host_peak_rss"
     assert not any(key.startswith("torch") for key in report)
+    # The floor: XLA's FLOP count of the step against a measured matmul rate.
+    assert report["mode"] == "step" and report["matmul_gflops"] > 0
+    assert 0.05 < report["gflop_per_step"] < 1.0  # 48.5 GFLOP at batch 1024, 8/1024 of it
+    assert report["fraction_of_floor"] == pytest.approx(
+        report["gflop_per_step"] / (report["ms_per_step"] / 1e3) / report["matmul_gflops"],
+        rel=0.01)
+    assert isinstance(report["huge_pages"], bool)
 
 
 def test_default_output_is_a_summary_line(capsys):
     status, out, err = run_bench(capsys, "--batch-size", "4", "--steps", "1", "--warmup", "0",
-                                 "--implementation", "xla")
+                                 "--implementation", "xla", "--floor-size", "0")
     assert status == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 1
@@ -42,7 +54,9 @@ def test_default_output_is_a_summary_line(capsys):
 
 
 @pytest.mark.parametrize("flags", [["--bogus"], ["--batch-size", "0"], ["--steps", "x"],
-                                   ["--implementation", "fast"], ["--platform", "quantum"]])
+                                   ["--implementation", "fast"], ["--platform", "quantum"],
+                                   ["--mode", "iwea"], ["--iwae-samples", "0"],
+                                   ["--floor-size", "-1"]])
 def test_bad_flag_is_one_line_and_exit_code_2(capsys, flags):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(flags)
@@ -64,10 +78,66 @@ def test_vs_torch_without_torch_says_how_to_install_it(capsys, monkeypatch):
 def test_vs_torch_reports_the_ratio(capsys):
     pytest.importorskip("torch")
     status, out, err = run_bench(capsys, "--batch-size", "8", "--steps", "2", "--warmup", "1",
-                                 "--json", "--vs-torch")
+                                 "--json", "--vs-torch", "--floor-size", "0")
     assert status == 0, err
     report = json.loads(out)
     assert report["torch_threads"] == report["threads"]
     assert report["torch_ms_per_step"] > 0
     assert report["speedup_vs_torch"] == pytest.approx(
         report["torch_ms_per_step"] / report["ms_per_step"], rel=0.01)
+
+
+@pytest.mark.parametrize("flags", [["--mode", "iwae", "--vs-torch"],
+                                   ["--mode", "epoch", "--breakdown"]])
+def test_options_of_the_step_alone_are_refused_in_other_modes(capsys, flags):
+    status, out, err = run_bench(capsys, *flags)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--mode step" in err
+
+
+def test_iwae_mode_reports_decodes_the_floor_and_the_k5000_projection(capsys):
+    report = json_report(capsys, "--mode", "iwae", "--batch-size", "4", "--iwae-samples", "6",
+                         "--steps", "2", "--warmup", "1", "--floor-size", "128")
+    assert report["mode"] == "iwae" and report["batch_size"] == 4
+    assert report["iwae_samples"] == 6 and report["iwae_chunk"] == 6  # evaluate's chunking
+    assert report["decodes_per_sec"] == pytest.approx(4 * 6 / report["ms_per_step"] * 1e3,
+                                                      rel=0.01)
+    # The decoder's forward pass is about 15 MFLOP an image (README, Performance).
+    assert report["gflop_per_step"] / 24 == pytest.approx(0.0152, rel=0.1)
+    assert 0 < report["fraction_of_floor"]
+    assert report["projected_minutes_k5000_test_set"] == pytest.approx(
+        5e7 / report["decodes_per_sec"] / 60, rel=0.01)
+    assert report["peak_memory_bytes"] > 0
+
+
+def test_epoch_mode_times_the_scan_epoch_over_synthetic_images(capsys):
+    report = json_report(capsys, "--mode", "epoch", "--num-images", "48", "--batch-size", "16",
+                         "--steps", "1", "--warmup", "0", "--floor-size", "0")
+    assert report["mode"] == "epoch" and report["num_images"] == 48
+    assert report["images_per_sec"] == pytest.approx(48 / report["ms_per_step"] * 1e3, rel=0.01)
+    assert "matmul_gflops" not in report  # --floor-size 0
+
+
+def test_breakdown_names_the_layers_and_passes(capsys):
+    status, out, err = run_bench(capsys, "--batch-size", "8", "--steps", "1", "--warmup", "1",
+                                 "--breakdown", "--floor-size", "0")
+    assert status == 0, err
+    text = out.splitlines()
+    assert text[0].startswith("step: cpu") and "where a" in text[1]
+    layers = {tuple(line.split()[:2]) for line in text[2:] if line.startswith("    ")}
+    for layer in ("decoder/deconv2", "decoder/deconv3", "encoder/conv1"):
+        assert (layer, "forward") in layers and (layer, "backward") in layers, layer
+    assert any(line.strip().startswith("decoder/deconv2") and "dot_general" in line
+               for line in text)
+
+
+def test_op_profile_classifies_jax_op_names():
+    classify = op_profile.classify
+    assert classify("jit(step)/transpose(jvp(VAE))/VAE.decode/decoder/deconv2/dot_general") == (
+        "decoder/deconv2", "backward", "dot_general")
+    assert classify("jit(step)/jvp(VAE)/VAE.encode/encoder/bn1/mul") == (
+        "encoder/bn1", "forward", "mul")
+    assert classify("jit(step)/jvp(VAE)/VAE.decode/decoder/jit(relu)/max") == (
+        "decoder/other", "forward", "max")
+    assert classify("jit(step)/jvp(jit(softplus))/log1p") == (
+        "loss and optimizer", "forward", "log1p")

@@ -119,3 +119,14 @@ def test_binarize_defaults_to_what_the_run_trained_with(tmp_path, capsys, saved_
     assert json.loads(out)["binarize"] == "dynamic"
     status, out, _ = run_main(capsys, *common, "--binarize", "none")
     assert json.loads(out)["binarize"] == "none"
+
+
+@pytest.mark.parametrize("num_samples,batch_size,expected", [
+    (50, 100, 17), (5000, 100, 20), (1, 100, 1), (7, 1000, 2), (3, 5000, 1), (40, 100, 20)])
+def test_default_chunks_split_k_evenly_within_the_decode_budget(num_samples, batch_size,
+                                                                 expected):
+    chunk = evaluate.default_chunk_size(num_samples, batch_size)
+    assert chunk == expected
+    assert chunk * batch_size <= max(evaluate.DECODES_PER_CALL, batch_size)
+    chunks = -(-num_samples // chunk)
+    assert chunks * chunk - num_samples < chunks  # less than one masked sample per chunk

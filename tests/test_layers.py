@@ -229,3 +229,22 @@ def test_modules_reject_unknown_implementation():
     x = jnp.zeros((1, 4, 4, 1))
     with pytest.raises(ValueError, match="implementation must be one of"):
         layers.Conv2d(2, 2, implementation="fast").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(3, 4, 1), (6, 3, 2), (13, 4, 2), (2, 3, 3)])
+def test_one_pass_col2im_equals_the_gather_of_every_slot(size, kernel, stride):
+    # The forward-only col2im (eval, IWAE) and the one training differentiates.
+    blocks = jax.random.normal(jax.random.key(size), (3, size, size, kernel, kernel, 5))
+    one_pass = layers._col2im(blocks, stride, one_pass=True)
+    chex.assert_shape(one_pass, (3, (size - 1) * stride + kernel, (size - 1) * stride + kernel, 5))
+    chex.assert_trees_all_close(one_pass, layers._col2im(blocks, stride), rtol=1e-6, atol=1e-6)
+
+
+def test_undifferentiated_transposed_convolution_matches_lax_on_the_models_layers():
+    # The primal path (one-pass col2im) of each decoder layer, against XLA's own.
+    for seed, (size, cin, cout, kernel, stride) in enumerate(
+            [(1, 32, 256, 3, 2), (3, 256, 128, 4, 1), (6, 128, 64, 3, 2), (13, 64, 1, 4, 2)]):
+        x = jax.random.normal(jax.random.key(seed), (4, size, size, cin))
+        w = jax.random.normal(jax.random.key(seed + 10), (kernel, kernel, cin, cout)) * 0.05
+        chex.assert_trees_all_close(jax.jit(layers.conv_transpose_matmul, static_argnums=2)(
+            x, w, stride), layers.conv_transpose_xla(x, w, stride), **TOLERANCE)

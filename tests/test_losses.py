@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from vae_jax import losses, reparameterize
 
@@ -108,3 +109,16 @@ def test_the_kl_weight_warms_up_linearly_step_by_step():
     np.testing.assert_allclose([schedule.at(step) for step in range(6)],
                                [0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
     assert float(losses.KLSchedule(0.5).at(0)) == 0.5
+
+
+def test_bce_equals_optax_sigmoid_binary_cross_entropy():
+    # One softplus and a row sum by matmul: the same numbers as optax's two-softplus form.
+    logits = 8 * jax.random.normal(jax.random.key(2), (16, 28, 28, 1))
+    targets = jax.random.uniform(jax.random.key(3), (16, 28, 28, 1))
+    expected = optax.sigmoid_binary_cross_entropy(logits, targets).sum((1, 2, 3))
+    chex.assert_trees_all_close(losses.reconstruction_loss(logits, targets), expected,
+                                rtol=1e-6)
+    chex.assert_trees_all_close(
+        jax.grad(lambda z: losses.reconstruction_loss(z, targets).sum())(logits),
+        jax.grad(lambda z: optax.sigmoid_binary_cross_entropy(z, targets).sum())(logits),
+        rtol=1e-5, atol=1e-6)

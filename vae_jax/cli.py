@@ -5,6 +5,8 @@ Every command (`python train.py`, `python -m vae_jax.evaluate`, ..., or the inst
 
 * a bad flag is one line (`PROG: error: argument --epochs: must be positive, got -1`) and
   exit code 2, without argparse's usage block;
+* run from the command line (`argv` None), it first re-executes itself with huge pages
+  for XLA's large buffers where that helps (`vae_jax.hugepages`);
 * `--platform`, where the command has it, is applied before any computation;
 * a `vae_jax.errors.InputError` from the body is one line, `PROG: error: ...`, and exit code
   2, and so is an `OSError` (a full disk, an unwritable file); a `vae_jax.errors.Stopped`
@@ -29,7 +31,7 @@ import typing
 import warnings
 from typing import Any, Callable, Literal
 
-from vae_jax import checkpoints, parallel, platforms
+from vae_jax import checkpoints, hugepages, parallel, platforms
 from vae_jax.binarize import BINARIZE_MODES
 from vae_jax.config import MAX_SEED, flag_name
 from vae_jax.errors import InputError, Stopped
@@ -95,6 +97,8 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     (`body`'s, or 0), turning known errors into one line on stderr (see the module
     docstring). `before_platform(args)` runs first, for what must precede JAX's start."""
     args = parser.parse_args(argv)
+    if argv is None:  # the process's own command line, not a call from Python code
+        hugepages.relaunch_with_huge_pages()
     previous_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_warning_line, parser.prog)
     try:

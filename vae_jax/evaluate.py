@@ -93,7 +93,7 @@ def _elbo_step(model: VAE, batch_shape: tuple[int, ...], parallel: DataParallel)
 
 
 @functools.lru_cache(maxsize=None)
-def _iwae_step(model: VAE, batch_shape: tuple[int, ...], num_samples: int, chunk_size: int,
+def iwae_step(model: VAE, batch_shape: tuple[int, ...], num_samples: int, chunk_size: int,
                parallel: DataParallel) -> Callable:
     """(variables, images, mean, stddev, image indices, key) -> the IWAE log p(x) per
     image, compiled for `parallel`'s mesh."""
@@ -237,7 +237,7 @@ def iwae_log_likelihoods(model: VAE, variables: dict, elbo: ElboPass, key: jax.A
     parallel = parallel or DataParallel.create()
     _, _, iwae_key = evaluation_keys(key)
     batch_size = padded_batch_size(batch_size, len(elbo.targets), parallel)
-    step = _iwae_step(model, (batch_size,) + elbo.targets.shape[1:], num_samples, chunk_size,
+    step = iwae_step(model, (batch_size,) + elbo.targets.shape[1:], num_samples, chunk_size,
                       parallel)
     variables, iwae_key = parallel.replicate((variables, iwae_key))
     # Padding rows get stddev 1, so that they stay finite; they are dropped.
@@ -262,8 +262,12 @@ def _json_numbers(values: tuple[float, ...]) -> tuple[float | None, ...]:
 
 
 def default_chunk_size(num_samples: int, batch_size: int) -> int:
-    """Samples per decoder call: about DECODES_PER_CALL decoded images, at most K."""
-    return max(1, min(num_samples, DECODES_PER_CALL // batch_size))
+    """Samples per decoder call: at most about DECODES_PER_CALL decoded images and at most
+    K, with the K samples split as evenly as that allows, so that the last, partly masked
+    chunk wastes little (K = 50 at batch 100: chunks of 17, not 20, 20 and a masked 10)."""
+    largest = max(1, min(num_samples, DECODES_PER_CALL // batch_size))
+    chunks = -(-num_samples // largest)
+    return -(-num_samples // chunks)
 
 
 def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int = 0,
@@ -287,7 +291,7 @@ def evaluate_model(model: VAE, variables: dict, images: np.ndarray, *, seed: int
     # Compiled first (every batch is padded to one shape), so that the timings of the
     # passes below are run time only.
     _elbo_step(model, batch_shape, parallel)
-    _iwae_step(model, batch_shape, iwae_samples, chunk_size, parallel)
+    iwae_step(model, batch_shape, iwae_samples, chunk_size, parallel)
     compile_seconds = time.perf_counter() - start
 
     elbo_start = time.perf_counter()

@@ -9,7 +9,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import optax
 
 # The per-image metrics `vae_loss` reports: the negative ELBO and its two parts.
 METRIC_NAMES = ("loss", "reconstruction", "kl")
@@ -19,10 +18,15 @@ def reconstruction_loss(logits: jax.Array, images: jax.Array) -> jax.Array:
     """Binary cross-entropy summed over pixels: (B, H, W, C) logits and targets -> (B,).
 
     Targets are grayscale pixels in [0, 1] (not binarized), as in the course. Computed from
-    logits, the stable form of PyTorch's `BCELoss(sigmoid(logits))`.
+    logits as softplus(logits) - images * logits, the stable form of PyTorch's
+    `BCELoss(sigmoid(logits))` (`optax.sigmoid_binary_cross_entropy` with one softplus,
+    not two).
     """
-    per_pixel = optax.sigmoid_binary_cross_entropy(logits, images)
-    return per_pixel.reshape(per_pixel.shape[0], -1).sum(axis=-1)
+    per_pixel = jax.nn.softplus(logits) - images * logits  # -log p(image | logits)
+    flat = per_pixel.reshape(per_pixel.shape[0], -1)
+    # The sum over pixels as a product with ones: XLA:CPU runs this row sum about 10x
+    # faster as a matrix multiply than as a reduction (README, Performance).
+    return jnp.dot(flat, jnp.ones(flat.shape[1:], flat.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
 def kl_per_dimension(mean: jax.Array, stddev: jax.Array) -> jax.Array:
