@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO_ROOT
-from vae_jax import hugepages
+from vae_jax import cli, hugepages
 
 
 @pytest.fixture
@@ -69,3 +69,21 @@ def test_relaunch_re_executes_the_same_command_once_in_the_same_process():
     assert tunables == "glibc.malloc.hugetlb=1" and enabled == "True"
     assert jax_loaded == "False"  # vae_jax.hugepages does not pull in JAX
     assert argv.strip() == "['--flag', 'x']"
+
+
+@pytest.mark.parametrize("with_platform,argv,relaunched", [
+    (True, None, True),          # a command line of a command that computes with JAX
+    (True, ["--x", "1"], False),  # a call from Python code
+    (False, None, False),        # a command line of a command that does not compute
+])
+def test_commands_relaunch_only_from_their_command_line_and_only_if_they_compute(
+        monkeypatch, with_platform, argv, relaunched):
+    calls = []
+    monkeypatch.setattr(hugepages, "relaunch_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(sys, "argv", ["prog", "--x", "1"])
+    parser = cli.OneLineParser(prog="prog")
+    parser.add_argument("--x")
+    if with_platform:
+        cli.add_platform_flag(parser)
+    assert cli.run(parser, lambda args: 0, argv) == 0
+    assert calls == ([1] if relaunched else [])

@@ -144,7 +144,9 @@ class JaxRunner:
     """A compiled JAX computation and its inputs; `step()` runs one call and blocks.
 
     `images_per_call`: the images one call processes (for 'iwae', decoded images);
-    `flops_per_call`: XLA's count of its floating point operations, or None.
+    `flops_per_call`: XLA's count of its floating point operations, or None; `trains`:
+    whether a call returns a new state and metrics (training) or only its outputs
+    (evaluation, where `state` holds the unchanging variables).
     """
 
     implementation: str
@@ -154,6 +156,7 @@ class JaxRunner:
     inputs: tuple
     images_per_call: int
     flops_per_call: float | None
+    trains: bool = True
 
     @classmethod
     def build(cls, mode: str, implementation: str, images: np.ndarray, args) -> "JaxRunner":
@@ -201,10 +204,10 @@ class JaxRunner:
         decodes = len(images) * args.iwae_samples
         per_decode = decoder_flops_per_image(model, variables)
         return cls(implementation, seconds, step_fn, variables, inputs, decodes,
-                   None if per_decode is None else per_decode * decodes)
+                   None if per_decode is None else per_decode * decodes, trains=False)
 
     def step(self) -> None:
-        if isinstance(self.state, dict):  # 'iwae': the variables, unchanged by a call
+        if not self.trains:
             jax.block_until_ready(self.step_fn(self.state, *self.inputs))
             return
         self.state, metrics = self.step_fn(self.state, *self.inputs)

@@ -5,8 +5,9 @@ Every command (`python train.py`, `python -m vae_jax.evaluate`, ..., or the inst
 
 * a bad flag is one line (`PROG: error: argument --epochs: must be positive, got -1`) and
   exit code 2, without argparse's usage block;
-* run from the command line (`argv` None), it first re-executes itself with huge pages
-  for XLA's large buffers where that helps (`vae_jax.hugepages`);
+* a command that computes with JAX (it has `--platform`), run from the command line
+  (`argv` None), first re-executes itself with huge pages for XLA's large buffers where
+  that helps (`vae_jax.hugepages`);
 * `--platform`, where the command has it, is applied before any computation;
 * a `vae_jax.errors.InputError` from the body is one line, `PROG: error: ...`, and exit code
   2, and so is an `OSError` (a full disk, an unwritable file); a `vae_jax.errors.Stopped`
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import sys
 import typing
@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal
 
 from vae_jax import checkpoints, hugepages, parallel, platforms
 from vae_jax.binarize import BINARIZE_MODES
-from vae_jax.config import MAX_SEED, flag_name
+from vae_jax.config import MAX_SEED, NON_NEGATIVE, flag_name, is_non_negative
 from vae_jax.errors import InputError, Stopped
 
 
@@ -76,8 +76,7 @@ def positive(kind: type):
 
 def non_negative(kind: type):
     """An argparse type: `kind(text)`, refused unless finite and >= 0."""
-    return checked_number(kind, lambda value: 0 <= value < math.inf,
-                          "must be a finite number >= 0")
+    return checked_number(kind, is_non_negative, NON_NEGATIVE)
 
 
 def bounded_int(low: int, high: int):
@@ -97,7 +96,7 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     (`body`'s, or 0), turning known errors into one line on stderr (see the module
     docstring). `before_platform(args)` runs first, for what must precede JAX's start."""
     args = parser.parse_args(argv)
-    if argv is None:  # the process's own command line, not a call from Python code
+    if argv is None and _computes(args):  # the process's own command line, not Python's call
         hugepages.relaunch_with_huge_pages()
     previous_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_warning_line, parser.prog)
@@ -112,11 +111,16 @@ def _warning_line(prog, message, category, filename, lineno, line=None) -> str:
     return f"{prog}: warning: {first_line(message)}\n"
 
 
+def _computes(args: argparse.Namespace) -> bool:
+    """Whether the command computes with JAX: the commands that do have `--platform`."""
+    return getattr(args, "platform", None) is not None
+
+
 def _run_body(parser, body, args, before_platform) -> int:
     try:
         if before_platform is not None:
             before_platform(args)
-        if getattr(args, "platform", None) is not None:
+        if _computes(args):
             platforms.select_platform(args.platform, before_start=lambda: start_distributed(args))
         return body(args) or 0
     except InputError as error:

@@ -25,6 +25,12 @@ from vae_jax.workdir import CONFIG_FILE, refuse_json_constant
 
 EpochMode = Literal["auto", "steps", "scan"]
 MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
+NON_NEGATIVE = "must be a finite number >= 0"  # how a `non_negative` setting is refused
+
+
+def is_non_negative(value) -> bool:
+    """Finite and >= 0: what a `non_negative` setting (and its flag) accepts."""
+    return 0 <= value < math.inf
 
 
 def setting(default, help: str, *, positive: bool = False, non_negative: bool = False,
@@ -104,8 +110,8 @@ class TrainConfig:
             value, meta = getattr(self, field.name), field.metadata
             if meta["positive"] and not value > 0 and not (value == 0 == field.default):
                 raise InputError(f"{field.name} must be positive, got {value}")
-            if meta["non_negative"] and not 0 <= value < math.inf:
-                raise InputError(f"{field.name} must be a finite number >= 0, got {value}")
+            if meta["non_negative"] and not is_non_negative(value):
+                raise InputError(f"{field.name} {NON_NEGATIVE}, got {value}")
             if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
                 raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")
 

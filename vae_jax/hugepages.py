@@ -7,9 +7,10 @@ the step on a 2-core machine. glibc's tunable `glibc.malloc.hugetlb=1` asks the 
 2 MiB pages on those mappings (`madvise(MADV_HUGEPAGE)`): 500 faults a step instead, the
 same peak memory. Measured in README.md, Performance.
 
-Tunables are read when a process starts, so the commands (`train.py`, `vae_jax.evaluate`,
-`vae_jax.bench`, ...) re-execute themselves once with it set, before any work and with the
-same arguments and process id. Nothing happens where it cannot help: not Linux, not glibc
+Tunables are read when a process starts, so the commands that compute with JAX (those with
+`--platform`: `train.py`, `vae_jax.evaluate`, `vae_jax.bench`, `sample`, `plots`)
+re-execute themselves once with it set, before any work and with the same arguments and
+process id. Nothing happens where it cannot help: not Linux, not glibc
 2.35+, transparent huge pages not in `madvise` mode (`always` gives them anyway, `never`
 refuses them), or GLIBC_TUNABLES already naming `glibc.malloc.hugetlb` (set it to 0 to opt
 out). Library code (a notebook, `import vae_jax`) is never re-executed; set the variable
