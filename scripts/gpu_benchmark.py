@@ -7,10 +7,10 @@
 and peak memory:
 
 * the training step, both convolution implementations, at several batch sizes
-  (`--mode step`, train.py's default epoch mode on CPU), with the PyTorch original's step
-  beside it where torch is installed (on the GPU when torch has CUDA);
+  (`--mode step`, train.py's default epoch mode on CPU), and
 * the scan epoch, both implementations, on a synthetic 60,000-image training set
-  (`--mode epoch`, train.py's default on a GPU);
+  (`--mode epoch`, train.py's default on a GPU), each with the PyTorch original's step or
+  epoch beside it where torch is installed (on the GPU when torch has CUDA);
 * the IWAE evaluation's decoder throughput (`--mode iwae`), both implementations.
 
 The machine's matmul floor is measured once, in the first row. `--quick` shrinks every
@@ -43,15 +43,15 @@ def torch_installed() -> bool:
 def rows_to_run(sizes: dict, with_torch: bool) -> list[list[str]]:
     """The bench flags of each row, in the order run."""
     common = ["--steps", str(sizes["steps"]), "--json", "--floor-size", "0"]
+    vs_torch = ["--vs-torch", "--rounds", "3"] if with_torch else []
     rows = []
     for implementation in IMPLEMENTATIONS:
         for batch_size in sizes["batch_sizes"]:
             rows.append(["--mode", "step", "--implementation", implementation,
-                         "--batch-size", str(batch_size)]
-                        + (["--vs-torch", "--rounds", "3"] if with_torch else []))
+                         "--batch-size", str(batch_size)] + vs_torch)
         rows.append(["--mode", "epoch", "--implementation", implementation,
                      "--batch-size", str(sizes["epoch_batch"]),
-                     "--num-images", str(sizes["num_images"]), "--warmup", "1"])
+                     "--num-images", str(sizes["num_images"]), "--warmup", "1"] + vs_torch)
         rows.append(["--mode", "iwae", "--implementation", implementation,
                      "--batch-size", str(sizes["iwae_batch"]),
                      "--iwae-samples", str(sizes["iwae_samples"])])
@@ -60,10 +60,14 @@ def rows_to_run(sizes: dict, with_torch: bool) -> list[list[str]]:
     return rows
 
 
-def run_row(flags: list[str], platform: str) -> dict:
+def run_row(flags: list[str], platform: str, timeout: float) -> dict:
     """One `python -m vae_jax.bench` process; its JSON report, or the error it printed."""
     command = [sys.executable, "-m", "vae_jax.bench", "--platform", platform, *flags]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout:.0f} s (--row-timeout)", "flags": flags}
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines() or ["(no output)"]
         return {"error": lines[-1], "flags": flags}
@@ -105,19 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu_benchmark.json", help="the JSON file to write")
     parser.add_argument("--no-torch", action="store_true",
                         help="leave out the PyTorch original even where torch is installed")
+    parser.add_argument("--row-timeout", type=float, default=600, metavar="SECONDS",
+                        help="stop a row that runs longer, report it as failed and go on")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     with_torch = torch_installed() and not args.no_torch
     started = time.time()
     reports = []
     for flags in rows_to_run(sizes, with_torch):
-        reports.append(run_row(flags, args.platform))
+        reports.append(run_row(flags, args.platform, args.row_timeout))
         print(f"[{time.time() - started:6.0f} s] {' '.join(flags)}", file=sys.stderr)
-    lines = table(reports)
-    print("\n".join(lines))
-    with open(args.out, "w") as file:
-        json.dump({"quick": args.quick, "rows": reports,
-                   "seconds": round(time.time() - started, 1)}, file, indent=1)
+        with open(args.out, "w") as file:  # after every row: a killed run keeps what it had
+            json.dump({"quick": args.quick, "rows": reports,
+                       "seconds": round(time.time() - started, 1)}, file, indent=1)
+    print("\n".join(table(reports)))
     print(f"wrote {args.out}")
     return 1 if any("error" in report for report in reports) else 0
 

@@ -3,6 +3,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from vae_jax import bench, op_profile
@@ -87,12 +88,37 @@ def test_vs_torch_reports_the_ratio(capsys):
         report["torch_ms_per_step"] / report["ms_per_step"], rel=0.01)
 
 
-@pytest.mark.parametrize("flags", [["--mode", "iwae", "--vs-torch"],
-                                   ["--mode", "epoch", "--breakdown"]])
-def test_options_of_the_step_alone_are_refused_in_other_modes(capsys, flags):
+def test_vs_torch_epoch_times_an_epoch_of_each(capsys):
+    pytest.importorskip("torch")
+    report = json_report(capsys, "--mode", "epoch", "--num-images", "10", "--batch-size", "4",
+                         "--steps", "1", "--rounds", "1", "--warmup", "0", "--vs-torch",
+                         "--floor-size", "0")
+    assert report["torch_images_per_sec"] == pytest.approx(
+        10e3 / report["torch_ms_per_step"], rel=0.01)  # the epoch's 10 images, not a batch
+    assert report["speedup_vs_torch"] == pytest.approx(
+        report["torch_ms_per_step"] / report["ms_per_step"], rel=0.01)
+
+
+def test_torch_epoch_steps_over_every_image_once_in_shuffled_batches(monkeypatch):
+    pytest.importorskip("torch")
+    images = bench.random_images(10, seed=0)
+    runner = bench.TorchRunner(images, batch_size=4, seed=0, threads=1)
+    batches = []
+    monkeypatch.setattr(runner, "_train", lambda batch: batches.append(batch.numpy()))
+    runner.step()
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    seen = np.concatenate(batches)
+    expected = images.transpose(0, 3, 1, 2)
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, expected))  # each image once
+    assert not np.array_equal(seen, expected)  # in a shuffled order
+
+
+@pytest.mark.parametrize("flags, names", [(["--mode", "iwae", "--vs-torch"], "--mode step"),
+                                          (["--mode", "epoch", "--breakdown"], "--mode step")])
+def test_options_of_training_alone_are_refused_in_other_modes(capsys, flags, names):
     status, out, err = run_bench(capsys, *flags)
     assert status == 2 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "--mode step" in err
+    assert len(err.strip().splitlines()) == 1 and names in err
 
 
 def test_iwae_mode_reports_decodes_the_floor_and_the_k5000_projection(capsys):

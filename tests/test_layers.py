@@ -215,7 +215,7 @@ def test_batch_norm_train_custom_gradient_matches_autodiff():
 def test_resolve_implementation():
     assert layers.resolve_implementation("xla") == "xla"
     assert layers.resolve_implementation("matmul") == "matmul"
-    expected_auto = "matmul" if jax.default_backend() == "cpu" else "xla"
+    expected_auto = "xla" if jax.default_backend() == "tpu" else "matmul"
     assert layers.resolve_implementation("auto") == expected_auto
 
 

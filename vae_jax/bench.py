@@ -17,8 +17,9 @@ per layer, pass and op (`vae_jax.op_profile`). Run as a command, it re-executes 
 huge pages as every command does (`vae_jax.hugepages`), so it measures what they do.
 
 `--vs-torch` also times the PyTorch original (the course notebook's model, BCELoss(sum) +
-KL, Adam 2e-3, `rsample`) on the same batch with as many threads as XLA uses, in the same
-process, alternating JAX and PyTorch rounds so that load from elsewhere hits both alike.
+KL, Adam 2e-3, `rsample`) on the same batch, or with `--mode epoch` the same epoch
+(`TorchRunner`), with as many threads as XLA uses, in the same process, alternating JAX and
+PyTorch rounds so that load from elsewhere hits both alike.
 torch is imported only then (`pip install torch==2.13.0`).
 
 Examples:
@@ -249,11 +250,16 @@ def jax_peak_memory_bytes() -> tuple[int, str]:
 
 
 class TorchRunner:
-    """The PyTorch original's training step (`vae_jax.torch_reference`: the course notebook's
+    """The PyTorch original's training (`vae_jax.torch_reference`: the course notebook's
     model and loss, Adam 2e-3, `rsample`), on the GPU where JAX runs on one and torch has
-    CUDA, else on the CPU."""
+    CUDA, else on the CPU.
 
-    def __init__(self, images: np.ndarray, seed: int, threads: int):
+    With as many images as `batch_size`, a call is one step; with more (`--mode epoch`), a
+    call is an epoch over them: a fresh permutation on the device, then one step per batch
+    of `batch_size` (the last one smaller), each ending in `loss.item()` as the course's
+    loop does. The images live on the device either way, as in the scan epoch."""
+
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, threads: int):
         import torch  # optional: only for --vs-torch
         self.torch = torch
         torch.manual_seed(seed)
@@ -264,13 +270,23 @@ class TorchRunner:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
         self.images = torch.from_numpy(  # NCHW copy
             np.array(images.transpose(0, 3, 1, 2))).to(self.device)
+        self.batch_size = batch_size
         self.threads = torch.get_num_threads()
         self.version = torch.__version__
 
     def step(self) -> None:
+        count = len(self.images)
+        if count <= self.batch_size:
+            self._train(self.images)
+            return
+        order = self.torch.randperm(count, device=self.device)
+        for start in range(0, count, self.batch_size):
+            self._train(self.images[order[start:start + self.batch_size]])
+
+    def _train(self, images) -> None:
         self.optimizer.zero_grad()
-        reconstructions, q_dist = self.model(self.images)
-        loss = torch_reference.course_loss(reconstructions, self.images, q_dist)
+        reconstructions, q_dist = self.model(images)
+        loss = torch_reference.course_loss(reconstructions, images, q_dist)
         loss.backward()
         self.optimizer.step()
         loss.item()
@@ -323,7 +339,7 @@ def benchmark_implementation(args, implementation: str, images: np.ndarray,
                        "projected_minutes_k5000_test_set": round(
                            images * samples / decodes_per_sec / 60, 1)})
     if torch_times:
-        torch_summary = summarize(torch_times, args.batch_size)
+        torch_summary = summarize(torch_times, runner.images_per_call)
         result.update({f"torch_{name}": value for name, value in torch_summary.items()})
         result["speedup_vs_torch"] = round(
             torch_summary["ms_per_step"] / result["ms_per_step"], 3)
@@ -356,7 +372,7 @@ def torch_factory(args, images: np.ndarray) -> Callable[[], "TorchRunner | None"
         if not args.vs_torch:
             return None
         if not built:
-            runner = TorchRunner(images, args.seed, num_threads())
+            runner = TorchRunner(images, args.batch_size, args.seed, num_threads())
             for _ in range(max(args.warmup, 1)):
                 runner.step()
             built.append(runner)
@@ -456,8 +472,8 @@ def prepare(args: argparse.Namespace) -> None:
     if args.batch_size is None:
         args.batch_size = (evaluate.DEFAULT_BATCH_SIZE if args.mode == "iwae"
                            else TrainConfig().batch_size)
-    if args.vs_torch and args.mode != "step":
-        raise InputError("--vs-torch times the training step: use it with --mode step")
+    if args.vs_torch and args.mode == "iwae":
+        raise InputError("--vs-torch times training: use it with --mode step or epoch")
     if args.breakdown and args.mode != "step":
         raise InputError("--breakdown profiles the training step: use it with --mode step")
     if args.vs_torch:

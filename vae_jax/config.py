@@ -92,7 +92,7 @@ class TrainConfig:
         resume_must_match=True)
     implementation: Implementation = setting(
         "auto", "convolution implementation (vae_jax.layers): auto takes matmul on CPU and "
-        "xla on GPU/TPU")
+        "GPU, xla on TPU")
     checkpoint_every: int = setting(
         0, "also save a checkpoint every N steps (steps epochs only)", positive=True,
         default_text="at epoch ends only", metavar="N")

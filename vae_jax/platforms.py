@@ -10,7 +10,9 @@ import jax
 from vae_jax.errors import InputError
 
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
-_JAX_PLATFORM_NAMES = {"cpu": "cpu", "gpu": "cuda,rocm", "tpu": "tpu"}
+# What `jax_platforms` is set to. None for "gpu": JAX then starts whichever GPU plugin is
+# installed (naming "cuda,rocm" fails where only one of the two is) and we check it did.
+_JAX_PLATFORM_NAMES = {"cpu": "cpu", "gpu": None, "tpu": "tpu"}
 INSTALL_HINTS = {
     "gpu": "install JAX with CUDA: pip install 'vae-jax[cuda]' (or pip install -U 'jax[cuda12]')",
     "tpu": "install JAX for TPU: pip install -U 'jax[tpu]' on a Cloud TPU VM",
@@ -23,6 +25,9 @@ class PlatformError(InputError):
 
 def select_platform(platform: str, before_start: Callable[[], object] | None = None) -> str:
     """Restricts JAX to `platform` and returns the backend in use ("cpu", "gpu" or "tpu").
+
+    For "gpu", JAX starts whichever GPU plugin is installed, and the backend it chose must be
+    the GPU.
 
     Must run before the first JAX computation; `before_start()` runs after the restriction
     and before JAX starts its backends (where `jax.distributed.initialize` belongs). Raises
@@ -37,10 +42,14 @@ def select_platform(platform: str, before_start: Callable[[], object] | None = N
         before_start()
     try:
         backend = jax.default_backend()
-    except RuntimeError:
+    except RuntimeError as error:
+        if platform == "auto":
+            raise PlatformError(f"JAX could not start: {str(error).splitlines()[0]}") from None
+        backend = None
+    if platform not in ("auto", backend):
         raise PlatformError(
             f"--platform {platform}: no usable {platform.upper()} found by JAX; "
-            f"{INSTALL_HINTS[platform]}") from None
+            f"{INSTALL_HINTS[platform]}")
     return backend
 
 
