@@ -6,12 +6,12 @@
 `python -m vae_jax.bench --json` run in a fresh process, so each has its own compile time
 and peak memory:
 
-* the training step, both convolution implementations, at several batch sizes
-  (`--mode step`, train.py's default epoch mode on CPU), and
-* the scan epoch, both implementations, on a synthetic 60,000-image training set
+* the training step, each convolution implementation (xla, matmul, winograd), at several
+  batch sizes (`--mode step`, train.py's default epoch mode on CPU), and
+* the scan epoch, each implementation, on a synthetic 60,000-image training set
   (`--mode epoch`, train.py's default on a GPU), each with the PyTorch original's step or
   epoch beside it where torch is installed (on the GPU when torch has CUDA);
-* the IWAE evaluation's decoder throughput (`--mode iwae`), both implementations.
+* the IWAE evaluation's decoder throughput (`--mode iwae`), each implementation.
 
 The machine's matmul floor is measured once, in the first row. `--quick` shrinks every
 size so that the whole script runs on a CPU in about a minute (the tests run it so).
@@ -28,7 +28,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMPLEMENTATIONS = ("xla", "matmul")
+IMPLEMENTATIONS = ("xla", "matmul", "winograd")
 FULL = {"batch_sizes": (256, 1024, 4096), "num_images": 60000, "epoch_batch": 1024,
         "iwae_batch": 100, "iwae_samples": 500, "steps": 10, "floor_size": 8192}
 QUICK = {"batch_sizes": (8,), "num_images": 64, "epoch_batch": 32, "iwae_batch": 4,

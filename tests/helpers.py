@@ -4,6 +4,7 @@ import os
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -17,6 +18,9 @@ from vae_jax.workdir import LOCK_FILE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
+# Two convolution implementations agree within float32 rounding (tests/test_layers.py,
+# tests/test_winograd.py).
+CONV_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -129,3 +133,34 @@ def assert_states_close(first, second, **tolerance):
     chex.assert_tree_all_finite((first.params, second.params))
     chex.assert_trees_all_equal(jax.random.key_data(first.key),
                                 jax.random.key_data(second.key))
+
+
+def conv_inputs(seed, batch, size, in_channels, out_channels, kernel, out_size):
+    """x, kernel and a cotangent for the output of a square convolution layer, scaled so
+    that outputs are O(1): (batch, size, size, in), (kernel, kernel, in, out),
+    (batch, out_size, out_size, out)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (batch, size, size, in_channels)).astype(np.float32)
+    w = (rng.uniform(-1, 1, (kernel, kernel, in_channels, out_channels))
+         / np.sqrt(in_channels * kernel * kernel)).astype(np.float32)
+    cotangent = rng.uniform(-1, 1, (batch, out_size, out_size, out_channels)).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(w), jnp.asarray(cotangent)
+
+
+def value_and_vjp(fn, stride):
+    """jitted (x, w, cotangent) -> (fn(x, w, stride), d/dx, d/dw) of <cotangent, fn>."""
+
+    @jax.jit
+    def run(x, w, cotangent):
+        y, vjp = jax.vjp(lambda x, w: fn(x, w, stride), x, w)
+        return (y, *vjp(cotangent))
+
+    return run
+
+
+def assert_same_value_and_grads(actual, expected, **tolerance):
+    """`actual` and `expected`, (output, d/dx, d/dkernel), agree (CONV_TOLERANCE unless told)."""
+    for name, a, b in zip(("output", "d/dx", "d/dkernel"), actual, expected):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=name,
+                                   **(tolerance or CONV_TOLERANCE))

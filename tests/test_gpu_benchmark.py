@@ -20,10 +20,11 @@ def test_quick_run_on_the_cpu_prints_the_table_and_writes_json(tmp_path):
     assert not [row for row in rows if "error" in row]
     assert [(row["mode"], row["resolved_implementation"]) for row in rows] == [
         ("step", "xla"), ("epoch", "xla"), ("iwae", "xla"),
-        ("step", "matmul"), ("epoch", "matmul"), ("iwae", "matmul")]
+        ("step", "matmul"), ("epoch", "matmul"), ("iwae", "matmul"),
+        ("step", "winograd"), ("epoch", "winograd"), ("iwae", "winograd")]
     assert rows[0]["matmul_gflops"] > 0 and all("matmul_gflops" not in row for row in rows[1:])
     assert rows[1]["num_images"] == 64
     lines = result.stdout.splitlines()
     assert lines[0].split()[:4] == ["mode", "impl", "batch", "ms/call"]
-    assert len([line for line in lines if line.startswith(("step ", "epoch ", "iwae "))]) == 6
+    assert len([line for line in lines if line.startswith(("step ", "epoch ", "iwae "))]) == 9
     assert lines[-2].startswith("float32 matmul floor:")

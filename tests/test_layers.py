@@ -15,51 +15,25 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from tests.helpers import (CONV_TOLERANCE, assert_same_value_and_grads, conv_inputs,
+                           value_and_vjp)
 from vae_jax import layers
 
-TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 STRIDES = (1, 2)
 KERNELS = (2, 3, 4, 5)
 # (batch, input size, in channels, out channels)
 SHAPES = ((1, 1, 3, 2), (2, 3, 4, 5), (3, 4, 1, 1))
 
 
-def _inputs(seed, batch, size, in_channels, out_channels, kernel, out_size):
-    """x, kernel and a cotangent for the output, scaled so that outputs are O(1)."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (batch, size, size, in_channels)).astype(np.float32)
-    w = (rng.uniform(-1, 1, (kernel, kernel, in_channels, out_channels))
-         / np.sqrt(in_channels * kernel * kernel)).astype(np.float32)
-    cotangent = rng.uniform(-1, 1, (batch, out_size, out_size, out_channels)).astype(np.float32)
-    return jnp.asarray(x), jnp.asarray(w), jnp.asarray(cotangent)
-
-
-def _value_and_vjp(fn, stride):
-    """jitted (x, w, cotangent) -> (fn(x, w, stride), d/dx, d/dw) of <cotangent, fn>."""
-
-    @jax.jit
-    def run(x, w, cotangent):
-        y, vjp = jax.vjp(lambda x, w: fn(x, w, stride), x, w)
-        return (y, *vjp(cotangent))
-
-    return run
-
-
-def _assert_same(actual, expected):
-    for name, a, b in zip(("output", "d/dx", "d/dkernel"), actual, expected):
-        assert a.shape == b.shape, name
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=name, **TOLERANCE)
-
-
 @pytest.mark.parametrize("stride,kernel", itertools.product(STRIDES, KERNELS))
 def test_conv_transpose_matmul_matches_lax_forward_and_backward(stride, kernel):
     for seed, (batch, size, cin, cout) in enumerate(SHAPES):
         out_size = (size - 1) * stride + kernel
-        x, w, cotangent = _inputs(seed, batch, size, cin, cout, kernel, out_size)
-        fast = _value_and_vjp(layers.conv_transpose_matmul, stride)(x, w, cotangent)
-        reference = _value_and_vjp(layers.conv_transpose_xla, stride)(x, w, cotangent)
+        x, w, cotangent = conv_inputs(seed, batch, size, cin, cout, kernel, out_size)
+        fast = value_and_vjp(layers.conv_transpose_matmul, stride)(x, w, cotangent)
+        reference = value_and_vjp(layers.conv_transpose_xla, stride)(x, w, cotangent)
         assert fast[0].shape == (batch, out_size, out_size, cout)
-        _assert_same(fast, reference)
+        assert_same_value_and_grads(fast, reference)
 
 
 @pytest.mark.parametrize("stride,kernel", itertools.product(STRIDES, KERNELS))
@@ -68,11 +42,11 @@ def test_conv_matmul_matches_lax_forward_and_backward(stride, kernel):
     for seed, (batch, extra, cin, cout) in enumerate(SHAPES):
         size = kernel + 2 * stride + extra
         out_size = (size - kernel) // stride + 1
-        x, w, cotangent = _inputs(seed, batch, size, cin, cout, kernel, out_size)
-        fast = _value_and_vjp(layers.conv_matmul, stride)(x, w, cotangent)
-        reference = _value_and_vjp(layers.conv_xla, stride)(x, w, cotangent)
+        x, w, cotangent = conv_inputs(seed, batch, size, cin, cout, kernel, out_size)
+        fast = value_and_vjp(layers.conv_matmul, stride)(x, w, cotangent)
+        reference = value_and_vjp(layers.conv_xla, stride)(x, w, cotangent)
         assert fast[0].shape == (batch, out_size, out_size, cout)
-        _assert_same(fast, reference)
+        assert_same_value_and_grads(fast, reference)
 
 
 def test_the_models_layer_shapes_match_lax():
@@ -85,9 +59,9 @@ def test_the_models_layer_shapes_match_lax():
              (layers.conv_transpose_matmul, layers.conv_transpose_xla, 6, 128, 64, 3, 2, 13),
              (layers.conv_transpose_matmul, layers.conv_transpose_xla, 13, 64, 1, 4, 2, 28)]
     for seed, (fast, slow, size, cin, cout, kernel, stride, out_size) in enumerate(cases):
-        x, w, cotangent = _inputs(seed, 2, size, cin, cout, kernel, out_size)
-        _assert_same(_value_and_vjp(fast, stride)(x, w, cotangent),
-                     _value_and_vjp(slow, stride)(x, w, cotangent))
+        x, w, cotangent = conv_inputs(seed, 2, size, cin, cout, kernel, out_size)
+        assert_same_value_and_grads(value_and_vjp(fast, stride)(x, w, cotangent),
+                     value_and_vjp(slow, stride)(x, w, cotangent))
 
 
 class JitAndEagerTest(chex.TestCase):
@@ -96,7 +70,7 @@ class JitAndEagerTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters((1, 3), (2, 4))
     def test_conv_transpose_gradients(self, stride, kernel):
-        x, w, _ = _inputs(0, 2, 3, 2, 3, kernel, (3 - 1) * stride + kernel)
+        x, w, _ = conv_inputs(0, 2, 3, 2, 3, kernel, (3 - 1) * stride + kernel)
 
         def loss(fn, x, w):
             return jnp.sum(jnp.sin(fn(x, w, stride)))
@@ -106,12 +80,12 @@ class JitAndEagerTest(chex.TestCase):
         expected = jax.grad(functools.partial(loss, layers.conv_transpose_xla),
                             argnums=(0, 1))(x, w)
         for a, b in zip(grads, expected):
-            np.testing.assert_allclose(a, b, **TOLERANCE)
+            np.testing.assert_allclose(a, b, **CONV_TOLERANCE)
 
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters((1, 2), (2, 3))
     def test_conv_gradients(self, stride, kernel):
-        x, w, _ = _inputs(0, 2, 9, 2, 3, kernel, 1)
+        x, w, _ = conv_inputs(0, 2, 9, 2, 3, kernel, 1)
 
         def loss(fn, x, w):
             return jnp.sum(jnp.sin(fn(x, w, stride)))
@@ -120,30 +94,33 @@ class JitAndEagerTest(chex.TestCase):
                                       argnums=(0, 1)))(x, w)
         expected = jax.grad(functools.partial(loss, layers.conv_xla), argnums=(0, 1))(x, w)
         for a, b in zip(grads, expected):
-            np.testing.assert_allclose(a, b, **TOLERANCE)
+            np.testing.assert_allclose(a, b, **CONV_TOLERANCE)
 
 
 @pytest.mark.parametrize("size,kernel,stride", [(1, 3, 2), (3, 4, 1), (6, 3, 2), (13, 4, 2),
                                                 (4, 2, 2), (2, 5, 1)])
 def test_conv_transpose2d_module_output_shape_and_implementations(size, kernel, stride):
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)), jnp.float32)
-    module = layers.ConvTranspose2d(4, kernel, stride, implementation="matmul")
+    module = layers.ConvTranspose2d(4, kernel, stride, implementation="xla")
     variables = module.init(jax.random.key(0), x)
-    y = module.apply(variables, x)
+    y_xla = module.apply(variables, x)
     expected = (size - 1) * stride + kernel
-    assert y.shape == (2, expected, expected, 4)
-    y_xla = layers.ConvTranspose2d(4, kernel, stride, implementation="xla").apply(variables, x)
-    np.testing.assert_allclose(y, y_xla, **TOLERANCE)
+    assert y_xla.shape == (2, expected, expected, 4)
+    for implementation in ("matmul", "winograd"):
+        y = layers.ConvTranspose2d(4, kernel, stride,
+                                   implementation=implementation).apply(variables, x)
+        np.testing.assert_allclose(y, y_xla, err_msg=implementation, **CONV_TOLERANCE)
 
 
 def test_conv2d_module_output_shape_and_implementations():
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (2, 28, 28, 1)), jnp.float32)
-    module = layers.Conv2d(16, 4, 2, implementation="matmul")
+    module = layers.Conv2d(16, 4, 2, implementation="xla")
     variables = module.init(jax.random.key(0), x)
-    y = module.apply(variables, x)
-    assert y.shape == (2, 13, 13, 16)
-    y_xla = layers.Conv2d(16, 4, 2, implementation="xla").apply(variables, x)
-    np.testing.assert_allclose(y, y_xla, **TOLERANCE)
+    y_xla = module.apply(variables, x)
+    assert y_xla.shape == (2, 13, 13, 16)
+    for implementation in ("matmul", "winograd"):  # "winograd" convolves as "matmul" does
+        y = layers.Conv2d(16, 4, 2, implementation=implementation).apply(variables, x)
+        np.testing.assert_allclose(y, y_xla, err_msg=implementation, **CONV_TOLERANCE)
 
 
 def _batch_norm_input():
@@ -213,9 +190,9 @@ def test_batch_norm_train_custom_gradient_matches_autodiff():
 
 
 def test_resolve_implementation():
-    assert layers.resolve_implementation("xla") == "xla"
-    assert layers.resolve_implementation("matmul") == "matmul"
-    expected_auto = "xla" if jax.default_backend() == "tpu" else "matmul"
+    for name in ("xla", "matmul", "winograd"):
+        assert layers.resolve_implementation(name) == name
+    expected_auto = {"cpu": "winograd", "gpu": "matmul", "tpu": "xla"}[jax.default_backend()]
     assert layers.resolve_implementation("auto") == expected_auto
 
 
@@ -247,4 +224,4 @@ def test_undifferentiated_transposed_convolution_matches_lax_on_the_models_layer
         x = jax.random.normal(jax.random.key(seed), (4, size, size, cin))
         w = jax.random.normal(jax.random.key(seed + 10), (kernel, kernel, cin, cout)) * 0.05
         chex.assert_trees_all_close(jax.jit(layers.conv_transpose_matmul, static_argnums=2)(
-            x, w, stride), layers.conv_transpose_xla(x, w, stride), **TOLERANCE)
+            x, w, stride), layers.conv_transpose_xla(x, w, stride), **CONV_TOLERANCE)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import VAE
+from vae_jax import VAE, layers
 from vae_jax.losses import vae_loss
 from vae_jax.torch_port import LAYERS, from_torch_state_dict, to_torch_state_dict
 from vae_jax.models import variable_shapes
@@ -115,7 +115,7 @@ def get_runner(implementation: str) -> Runner:
     return Runner(implementation)
 
 
-@pytest.fixture(scope="module", params=["xla", "matmul"])
+@pytest.fixture(scope="module", params=["xla", "matmul", "winograd"])
 def runner(request) -> Runner:
     return get_runner(request.param)
 
@@ -317,12 +317,12 @@ def test_conv_biases_before_batchnorm_get_zero_gradient_and_adam_moves_them_by_n
 
 
 def test_twenty_step_loss_curve_matches_pytorch(variables, golden):
-    # One implementation only: training differs between the two by no more than their
-    # forward passes and single Adam steps, checked above for both; and a step of "xla",
-    # XLA:CPU's transposed convolution, costs ~0.3 s even at batch 16. "matmul" is what
-    # "auto" takes on CPU. The tolerance allows for float32 rounding amplified by 20 Adam
-    # steps: PyTorch's own float32 run drifts from its float64 one by up to 7.4e-4 here
-    # (vae-jax float32: 5.9e-4; vae-jax in float64: 4e-8).
-    losses = get_runner("matmul").run_curve(variables, golden["curve_images"],
-                                            golden["curve_eps"])
+    # One implementation only, the one "auto" takes here: training differs between them by
+    # no more than their forward passes and single Adam steps, checked above for each; and
+    # a step of "xla", XLA:CPU's transposed convolution, costs ~0.3 s even at batch 16. The
+    # tolerance allows for float32 rounding amplified by 20 Adam steps: PyTorch's own
+    # float32 run drifts from its float64 one by up to 7.4e-4 here (vae-jax float32:
+    # 5.9e-4 with "matmul"; vae-jax in float64: 4e-8).
+    losses = get_runner(layers.resolve_implementation("auto")).run_curve(
+        variables, golden["curve_images"], golden["curve_eps"])
     chex.assert_trees_all_close(losses, golden["curve_losses"], rtol=CURVE_RTOL, atol=0)

@@ -393,8 +393,8 @@ def run(args) -> dict:
     images = random_images(args.num_images if args.mode == "epoch" else args.batch_size,
                            args.seed)
     get_torch = torch_factory(args, images)
-    implementations = (("matmul", "xla") if args.implementation == "all"
-                       else (args.implementation,))
+    implementations = (tuple(name for name in IMPLEMENTATIONS if name != "auto")
+                       if args.implementation == "all" else (args.implementation,))
     results = [benchmark_implementation(args, name, images, get_torch)
                for name in implementations]
     report = {"mode": args.mode, "backend": jax.default_backend(),

@@ -91,8 +91,8 @@ class TrainConfig:
         "in the last bits, so a run resumes in the mode it started with)",
         resume_must_match=True)
     implementation: Implementation = setting(
-        "auto", "convolution implementation (vae_jax.layers): auto takes matmul on CPU and "
-        "GPU, xla on TPU")
+        "auto", "convolution implementation (vae_jax.layers): auto takes winograd on CPU, "
+        "matmul on GPU, xla on TPU")
     checkpoint_every: int = setting(
         0, "also save a checkpoint every N steps (steps epochs only)", positive=True,
         default_text="at epoch ends only", metavar="N")

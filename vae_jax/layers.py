@@ -14,7 +14,7 @@ padding 0, in NHWC layout:
 * BatchNorm normalises with the biased batch variance and updates the running variance
   with the unbiased one, as PyTorch does (Flax's `nn.BatchNorm` uses the biased one).
 
-Two implementations compute each convolution:
+Three implementations compute the convolutions:
 
 * `"xla"`: XLA's own convolutions (`lax.conv_general_dilated`, `lax.conv_transpose`) and
   their automatic derivatives.
@@ -27,14 +27,19 @@ Two implementations compute each convolution:
   contributions per pixel, and a sum). Each one's backward
   pass is the other's forward pass plus one matmul for the kernel gradient, so no pass ever
   runs a convolution or a scatter.
+* `"winograd"`: `"matmul"`, except that a stride-1 transposed convolution of a small input
+  (the course's deconv2: 3x3 -> 6x6, kernel 4) runs Winograd's minimal algorithm
+  (`vae_jax/winograd.py`), with 2.25 times fewer multiplies in its matmuls and the rounding
+  of direct summation.
 
 XLA:CPU runs transposed and backward convolutions very slowly, which is why `"matmul"`
 exists; the README's Performance section has the measurements, and `python -m vae_jax.bench
---implementation all` repeats them. The default `"auto"` takes `"matmul"` on CPU and on GPU
-(on an H100 it was 3.5x faster than XLA's convolutions, in a fifteenth of the memory) and
-`"xla"` on TPU, where it has not been measured. Both give the same values and gradients
-within float32 rounding (tests/test_layers.py); on a GPU, where JAX's default precision
-multiplies in TF32, within about 5e-3.
+--implementation all` repeats them. The default `"auto"` takes `"winograd"` on CPU (the
+fastest there), `"matmul"` on GPU (on an H100 it was 3.5x faster than XLA's convolutions, in
+a fifteenth of the memory; `"winograd"` has not been measured there) and `"xla"` on TPU,
+where none has been measured. All give the same values and gradients within float32 rounding
+(tests/test_layers.py); on a GPU, where JAX's default precision multiplies in TF32, within
+about 5e-3.
 
 BatchNorm's training mode also has a hand-written backward pass (`batch_norm_train`): two
 reductions and one elementwise pass, about half the passes over the activations that XLA
@@ -53,7 +58,9 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-Implementation = Literal["auto", "xla", "matmul"]
+from vae_jax import winograd
+
+Implementation = Literal["auto", "xla", "matmul", "winograd"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 
 
@@ -67,14 +74,19 @@ def torch_uniform_init(fan_in: int):
     return init
 
 
+# What "auto" takes on each backend (README, Performance); "winograd" is measured on CPU
+# only, and nothing on TPU.
+AUTO_IMPLEMENTATIONS = {"cpu": "winograd", "gpu": "matmul", "tpu": "xla"}
+
+
 def resolve_implementation(implementation: Implementation) -> str:
-    """`"auto"` becomes `"matmul"` on CPU and GPU (measured faster on both: README,
-    Performance) and `"xla"` on TPU (not measured)."""
+    """`"auto"` becomes the fastest measured on this backend: `"winograd"` on CPU, `"matmul"`
+    on GPU, `"xla"` on TPU (not measured)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
-        return "xla" if jax.default_backend() == "tpu" else "matmul"
+        return AUTO_IMPLEMENTATIONS.get(jax.default_backend(), "matmul")
     return implementation
 
 
@@ -300,7 +312,8 @@ class Conv2d(nn.Module):
             "kernel", torch_uniform_init(fan_in),
             (self.kernel_size, self.kernel_size, in_features, self.features))
         bias = self.param("bias", torch_uniform_init(fan_in), (self.features,))
-        conv = conv_matmul if resolve_implementation(self.implementation) == "matmul" else conv_xla
+        # "winograd" has nothing for ordinary convolutions: they take "matmul".
+        conv = conv_xla if resolve_implementation(self.implementation) == "xla" else conv_matmul
         return conv(x, kernel, self.stride) + bias
 
 
@@ -323,9 +336,13 @@ class ConvTranspose2d(nn.Module):
             "kernel", torch_uniform_init(fan_in),
             (self.kernel_size, self.kernel_size, in_features, self.features))
         bias = self.param("bias", torch_uniform_init(fan_in), (self.features,))
-        if resolve_implementation(self.implementation) == "matmul":
-            return conv_transpose_matmul(x, kernel, self.stride) + bias
-        return conv_transpose_xla(x, kernel, self.stride) + bias
+        implementation = resolve_implementation(self.implementation)
+        if implementation == "winograd" and winograd.applies(x.shape[1:3], kernel.shape[:2],
+                                                             self.stride):
+            return winograd.conv_transpose(x, kernel) + bias
+        if implementation == "xla":
+            return conv_transpose_xla(x, kernel, self.stride) + bias
+        return conv_transpose_matmul(x, kernel, self.stride) + bias
 
 
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float

@@ -1,0 +1,140 @@
+"""Winograd's minimal filtering for stride-1 transposed convolutions (the course's deconv2).
+
+A stride-1 transposed convolution is a polynomial product. Along one axis it computes
+`out[i + p] += x[i] * kernel[p]`, so with x(t) = sum x[i] t^i and kernel(t) = sum kernel[p] t^p,
+out(t) = x(t) * kernel(t). Evaluate both factors at enough points, multiply the values, and
+interpolate: one multiply per point instead of one per (i, p) pair (Toom-Cook; the minimal
+algorithm of Winograd that Lavin & Gray, 2015, brought to convolutional networks).
+
+Only the points 0, 1, -1 and infinity (where a polynomial's value is its leading
+coefficient) are used: their transforms add, subtract and halve, so the result is as exact as
+direct summation. Points such as 1/2 and -2 need larger multipliers, and their rounding,
+magnified by BatchNorm's backward pass, put a gradient 1e-3 off (tests/test_winograd.py).
+Four points per axis take an input of n <= 4 pixels times a kernel piece of 5 - n taps, so
+the kernel is cut into pieces, each multiplied at the same points and placed at its offset
+by the interpolation. Along one axis of the course's deconv2 (3 pixels, 4 taps): two pieces
+of 2 taps at 4 points, 8 products instead of 12; in 2-D, 64 instead of 144, so its matmuls
+shrink 2.25-fold, to 16 of (B, Cin) @ (Cin, 4*Cout):
+
+    values(x)      = to_points @ x                 (P, B, Cin)        evaluation
+    values(kernel) = kernel_to_points @ kernel     (P, Cin, J*Cout)   each of J pieces
+    y              = from_points @ (values(x) @ values(kernel))       (Ho*Wo, B, Cout)
+
+with P = Ph * Pw points and J = Jh * Jw pieces. Each transform is a small constant matrix;
+the backward pass is JAX's automatic derivative (the same transforms, transposed), so
+nothing here needs a custom VJP, and forward mode works too.
+"""
+
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+INFINITY = None
+# Evaluation points, in the order taken: P points are the first P - 1 and infinity, where a
+# polynomial's value is its leading coefficient.
+POINTS: tuple[Fraction, ...] = (Fraction(0), Fraction(1), Fraction(-1))
+MAX_POINTS = len(POINTS) + 1
+
+
+def _points(count: int) -> tuple:
+    return POINTS[:count - 1] + (INFINITY,)
+
+
+def _evaluation(points: tuple, terms: int) -> np.ndarray:
+    """(len(points), terms): row a evaluates a polynomial of `terms` coefficients at points[a]."""
+    rows = [[Fraction(int(i == terms - 1)) for i in range(terms)] if point is INFINITY
+            else [point ** i for i in range(terms)] for point in points]
+    return np.array(rows, dtype=np.float64)
+
+
+def piece_size(size: int, kernel: int) -> int:
+    """Kernel taps per piece along an axis: as many as MAX_POINTS points allow."""
+    return min(kernel, MAX_POINTS + 1 - size)
+
+
+@functools.lru_cache(maxsize=None)
+def _axis_transforms(size: int, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis, the kernel cut into J pieces of `piece_size` taps, P points:
+    (to_points (P, size), kernel_to_points (J, P, kernel), from_points (size+kernel-1, J, P)).
+
+    Piece j is the polynomial of taps j*piece ... ; its product with x lands at offset
+    j*piece of the output, so interpolation places each piece's coefficients there.
+    """
+    piece = piece_size(size, kernel)
+    pieces = -(-kernel // piece)
+    points = _points(size + piece - 1)
+    interpolate = np.linalg.inv(_evaluation(points, size + piece - 1))
+    kernel_to_points = np.zeros((pieces, len(points), kernel))
+    from_points = np.zeros((size + kernel - 1, pieces, len(points)))
+    for j in range(pieces):
+        # The last piece may be shorter: its missing taps are zeros (which matters at
+        # infinity, where the value is the coefficient of degree piece - 1).
+        taps = min(piece, kernel - j * piece)
+        kernel_to_points[j, :, j * piece:j * piece + taps] = _evaluation(points, piece)[:, :taps]
+        from_points[j * piece:j * piece + size + taps - 1, j] = interpolate[:size + taps - 1]
+    return _evaluation(points, size), kernel_to_points, from_points
+
+
+@functools.lru_cache(maxsize=None)
+def transforms(height: int, width: int, kernel_h: int, kernel_w: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 2-D transforms, float64, with J = Jh*Jw kernel pieces and P = Ph*Pw points:
+    to_points (P, H*W), kernel_to_points (J, P, kH*kW), from_points (Ho*Wo, J, P)."""
+    (to_h, kernel_h_, from_h), (to_w, kernel_w_, from_w) = (
+        _axis_transforms(height, kernel_h), _axis_transforms(width, kernel_w))
+    pieces = kernel_h_.shape[0] * kernel_w_.shape[0]
+    points = to_h.shape[0] * to_w.shape[0]
+    return (np.kron(to_h, to_w),
+            np.einsum("apk,bql->abpqkl", kernel_h_, kernel_w_).reshape(
+                pieces, points, kernel_h * kernel_w),
+            np.einsum("oap,rbq->orabpq", from_h, from_w).reshape(
+                (height + kernel_h - 1) * (width + kernel_w - 1), pieces, points))
+
+
+def applies(input_hw: tuple[int, int], kernel_hw: tuple[int, int], stride: int) -> bool:
+    """Whether `conv_transpose` takes this layer: stride 1, an input of at most MAX_POINTS
+    pixels per axis, and fewer multiplies than the direct computation."""
+    (height, width), (kernel_h, kernel_w) = input_hw, kernel_hw
+    if stride != 1 or max(height, width) > MAX_POINTS:
+        return False
+    products = 1
+    for size, kernel in ((height, kernel_h), (width, kernel_w)):
+        piece = piece_size(size, kernel)
+        products *= -(-kernel // piece) * (size + piece - 1)
+    return products < height * width * kernel_h * kernel_w
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """PyTorch ConvTranspose2d with stride 1 (padding 0, no bias) by Winograd's algorithm.
+
+    x: (B, H, W, Cin); kernel: (kH, kW, Cin, Cout). Returns (B, H+kH-1, W+kW-1, Cout), the
+    values of `layers.conv_transpose_matmul(x, kernel, 1)` up to rounding. Only for layers
+    where `applies` holds.
+    """
+    batch, height, width, in_features = x.shape
+    kernel_h, kernel_w, _, out_features = kernel.shape
+    if not applies((height, width), (kernel_h, kernel_w), 1):
+        raise ValueError(f"Winograd's transposed convolution takes inputs of at most "
+                         f"{MAX_POINTS} pixels per axis where it saves multiplies, got input "
+                         f"{height}x{width} and kernel {kernel_h}x{kernel_w}")
+    to_points, kernel_to_points, from_points = (
+        jnp.asarray(matrix, x.dtype) for matrix in transforms(height, width, kernel_h, kernel_w))
+    pieces, points = kernel_to_points.shape[:2]
+    # The transforms are exact sums of a few terms: no TF32 for them on a GPU.
+    exact = lax.Precision.HIGHEST
+    x_values = jnp.einsum("pk,bkc->pbc", to_points,
+                          x.reshape(batch, height * width, in_features), precision=exact)
+    kernel_values = jnp.einsum("jpk,kcd->pcjd", kernel_to_points,
+                               kernel.reshape(kernel_h * kernel_w, in_features, out_features),
+                               precision=exact).reshape(points, in_features, -1)
+    # All pieces at once: (P, B, Cin) @ (P, Cin, J*Cout).
+    y_values = lax.dot_general(x_values, kernel_values, (((2,), (1,)), ((0,), (0,))))
+    y = jnp.einsum("ojp,pbjd->bod", from_points,
+                   y_values.reshape(points, batch, pieces, out_features), precision=exact)
+    return y.reshape(batch, height + kernel_h - 1, width + kernel_w - 1, out_features)
