@@ -53,23 +53,24 @@ def _evaluation(points: tuple, terms: int) -> np.ndarray:
     return np.array(rows, dtype=np.float64)
 
 
-def piece_size(size: int, kernel: int) -> int:
-    """Kernel taps per piece along an axis: as many as MAX_POINTS points allow."""
-    return min(kernel, MAX_POINTS + 1 - size)
+def split(size: int, kernel: int) -> tuple[int, int, int]:
+    """Along one axis of `size` pixels and `kernel` taps: (taps per piece, pieces, points),
+    with as many taps per piece as MAX_POINTS points allow (size + taps - 1 points)."""
+    piece = min(kernel, MAX_POINTS + 1 - size)
+    return piece, -(-kernel // piece), size + piece - 1
 
 
 @functools.lru_cache(maxsize=None)
 def _axis_transforms(size: int, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axis, the kernel cut into J pieces of `piece_size` taps, P points:
+    """One axis, the kernel cut into J pieces (`split`), P points:
     (to_points (P, size), kernel_to_points (J, P, kernel), from_points (size+kernel-1, J, P)).
 
     Piece j is the polynomial of taps j*piece ... ; its product with x lands at offset
     j*piece of the output, so interpolation places each piece's coefficients there.
     """
-    piece = piece_size(size, kernel)
-    pieces = -(-kernel // piece)
-    points = _points(size + piece - 1)
-    interpolate = np.linalg.inv(_evaluation(points, size + piece - 1))
+    piece, pieces, count = split(size, kernel)
+    points = _points(count)
+    interpolate = np.linalg.inv(_evaluation(points, count))
     kernel_to_points = np.zeros((pieces, len(points), kernel))
     from_points = np.zeros((size + kernel - 1, pieces, len(points)))
     for j in range(pieces):
@@ -86,12 +87,12 @@ def transforms(height: int, width: int, kernel_h: int, kernel_w: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 2-D transforms, float64, with J = Jh*Jw kernel pieces and P = Ph*Pw points:
     to_points (P, H*W), kernel_to_points (J, P, kH*kW), from_points (Ho*Wo, J, P)."""
-    (to_h, kernel_h_, from_h), (to_w, kernel_w_, from_w) = (
+    (to_h, kernel_to_h, from_h), (to_w, kernel_to_w, from_w) = (
         _axis_transforms(height, kernel_h), _axis_transforms(width, kernel_w))
-    pieces = kernel_h_.shape[0] * kernel_w_.shape[0]
+    pieces = kernel_to_h.shape[0] * kernel_to_w.shape[0]
     points = to_h.shape[0] * to_w.shape[0]
     return (np.kron(to_h, to_w),
-            np.einsum("apk,bql->abpqkl", kernel_h_, kernel_w_).reshape(
+            np.einsum("apk,bql->abpqkl", kernel_to_h, kernel_to_w).reshape(
                 pieces, points, kernel_h * kernel_w),
             np.einsum("oap,rbq->orabpq", from_h, from_w).reshape(
                 (height + kernel_h - 1) * (width + kernel_w - 1), pieces, points))
@@ -103,11 +104,9 @@ def applies(input_hw: tuple[int, int], kernel_hw: tuple[int, int], stride: int) 
     (height, width), (kernel_h, kernel_w) = input_hw, kernel_hw
     if stride != 1 or max(height, width) > MAX_POINTS:
         return False
-    products = 1
-    for size, kernel in ((height, kernel_h), (width, kernel_w)):
-        piece = piece_size(size, kernel)
-        products *= -(-kernel // piece) * (size + piece - 1)
-    return products < height * width * kernel_h * kernel_w
+    (_, pieces_h, points_h), (_, pieces_w, points_w) = (
+        split(height, kernel_h), split(width, kernel_w))
+    return pieces_h * points_h * pieces_w * points_w < height * width * kernel_h * kernel_w
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
