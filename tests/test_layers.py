@@ -208,13 +208,31 @@ def test_modules_reject_unknown_implementation():
         layers.Conv2d(2, 2, implementation="fast").init(jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("size,kernel,stride", [(3, 4, 1), (6, 3, 2), (13, 4, 2), (2, 3, 3)])
-def test_one_pass_col2im_equals_the_gather_of_every_slot(size, kernel, stride):
-    # The forward-only col2im (eval, IWAE) and the one training differentiates.
-    blocks = jax.random.normal(jax.random.key(size), (3, size, size, kernel, kernel, 5))
-    one_pass = layers._col2im(blocks, stride, one_pass=True)
-    chex.assert_shape(one_pass, (3, (size - 1) * stride + kernel, (size - 1) * stride + kernel, 5))
-    chex.assert_trees_all_close(one_pass, layers._col2im(blocks, stride), rtol=1e-6, atol=1e-6)
+def _col2im_reference(blocks: np.ndarray, stride: int) -> np.ndarray:
+    """col2im by its definition: out[b, stride*i + p, stride*j + q] += blocks[b, i, j, p, q]."""
+    batch, height, width, kernel_h, kernel_w, channels = blocks.shape
+    out = np.zeros((batch, (height - 1) * stride + kernel_h, (width - 1) * stride + kernel_w,
+                    channels), blocks.dtype)
+    for i, j, p, q in itertools.product(range(height), range(width), range(kernel_h),
+                                        range(kernel_w)):
+        out[:, stride * i + p, stride * j + q] += blocks[:, i, j, p, q]
+    return out
+
+
+@pytest.mark.parametrize("one_pass", [False, True])
+@pytest.mark.parametrize("height,width,kernel_h,kernel_w,stride", [
+    (3, 3, 4, 4, 1), (6, 6, 3, 3, 2), (13, 13, 4, 4, 2), (2, 2, 3, 3, 3),
+    (5, 4, 3, 4, 2),   # rectangular input and kernel
+    (4, 3, 2, 2, 3),   # kernel shorter than the stride: phases that receive nothing
+    (1, 1, 3, 3, 2)])  # blocks that do not overlap
+def test_col2im_sums_the_blocks_into_place(height, width, kernel_h, kernel_w, stride, one_pass):
+    # Each path (gather then sum, phases, the evaluation's one-pass gathers) by definition.
+    blocks = jax.random.normal(jax.random.key(height * width),
+                               (3, height, width, kernel_h, kernel_w, 5))
+    out = layers._col2im(blocks, stride, one_pass=one_pass)
+    expected = _col2im_reference(np.asarray(blocks), stride)
+    chex.assert_shape(out, expected.shape)
+    chex.assert_trees_all_close(out, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_undifferentiated_transposed_convolution_matches_lax_on_the_models_layers():

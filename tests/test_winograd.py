@@ -93,13 +93,24 @@ def test_float64_inputs_get_float64_transforms():
         np.testing.assert_allclose(y, _direct_float64(x, w), rtol=0, atol=1e-12)
 
 
-def test_forward_mode_derivatives():
-    # Built from einsums, the layer has JAX's own derivatives, forward mode included.
-    x, w, _ = conv_inputs(2, 2, 3, 3, 2, 4, 6)
-    dx, dw = jnp.ones_like(x), jnp.full_like(w, 0.5)
-    _, tangent = jax.jvp(winograd.conv_transpose, (x, w), (dx, dw))
-    _, expected = jax.jvp(lambda x, w: layers.conv_transpose_xla(x, w, 1), (x, w), (dx, dw))
-    np.testing.assert_allclose(tangent, expected, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("in_axis,out_axis", [(1, 0), (0, 1), (2, 2), (0, 0)])
+def test_apply_along_is_a_matrix_product_along_one_axis(in_axis, out_axis):
+    # Values and the custom backward pass against einsum's, for a matrix of the transforms'
+    # kind (0, +-1, +-1/2, and a row of zeros) and axes moved or not.
+    matrix = np.array([[1, 0, -1, 0.5], [0, 0, 0, 0], [-0.25, 1, 1, -1]])
+    array = jax.random.normal(jax.random.key(in_axis * 3 + out_axis), (5, 6, 7)[:in_axis]
+                              + (4,) + (5, 6, 7)[in_axis:2])
+
+    def reference(array):
+        moved = jnp.moveaxis(array, in_axis, 0)
+        return jnp.moveaxis(jnp.tensordot(matrix, moved, axes=1), 0, out_axis)
+
+    value, vjp = jax.vjp(lambda a: winograd.apply_along(matrix, a, in_axis, out_axis), array)
+    expected, expected_vjp = jax.vjp(reference, array)
+    chex.assert_shape(value, expected.shape)
+    cotangent = jax.random.normal(jax.random.key(99), expected.shape)
+    chex.assert_trees_all_close((value, vjp(cotangent)), (expected, expected_vjp(cotangent)),
+                                rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("input_hw,kernel_hw,stride,expected", [

@@ -23,10 +23,10 @@ Three implementations compute the convolutions:
   A convolution gathers its input's patches ("im2col": one `gather`, or strided slices for
   inputs with few channels) and multiplies them by the kernel; a transposed convolution
   multiplies its input by the kernel into per-kernel-offset blocks and sums the blocks that
-  overlap each output pixel ("col2im": one `gather` of the at most ceil(k/s)^2
-  contributions per pixel, and a sum). Each one's backward
-  pass is the other's forward pass plus one matmul for the kernel gradient, so no pass ever
-  runs a convolution or a scatter.
+  overlap each output pixel ("col2im": gathers of the at most ceil(k/s)^2 contributions per
+  pixel, or for stride > 1 in training, shifted slices per output phase, and a sum). Each
+  one's backward pass is the other's forward pass plus one matmul for the kernel gradient,
+  so no pass ever runs a convolution or a scatter.
 * `"winograd"`: `"matmul"`, except that a stride-1 transposed convolution of a small input
   (the course's deconv2: 3x3 -> 6x6, kernel 4) runs Winograd's minimal algorithm
   (`vae_jax/winograd.py`), with 2.25 times fewer multiplies in its matmuls and the rounding
@@ -168,14 +168,18 @@ def _col2im(blocks: jax.Array, stride: int, one_pass: bool = False) -> jax.Array
 
     blocks: (B, H, W, kH, kW, C), the contribution of input pixel (i, j) at kernel offset
     (p, q). Returns (B, (H-1)*stride+kH, (W-1)*stride+kW, C) with
-    `out[b, stride*i+p, stride*j+q] += blocks[b, i, j, p, q]`: a gather of the (at most
-    ceil(kH/stride) * ceil(kW/stride)) entries that land on each output pixel, and a sum.
+    `out[b, stride*i+p, stride*j+q] += blocks[b, i, j, p, q]`. Three ways, all the same sums:
 
-    `one_pass`: one gather per contribution slot, summed, which XLA fuses into one pass
-    that writes only the output (the IWAE decoder runs 1.3x faster so). Otherwise one
-    gather of every slot, then a sum: in training the output also feeds a transposing copy
-    (for the next layer's kernel gradient), and XLA would fuse the one-pass gathers into
-    that copy and make it 20x slower (README, Performance).
+    * `one_pass` (evaluation): one gather per contribution slot (at most
+      ceil(kH/stride) * ceil(kW/stride) land on each output pixel), summed, which XLA fuses
+      into one pass that writes only the output (the IWAE decoder runs 1.3x faster so).
+    * stride > 1 (training): by phases, `_col2im_by_phase`, slices and adds instead of a
+      gather.
+    * stride 1 (training): one gather of every slot, then a sum.
+
+    Training avoids the one-pass gathers: the output also feeds a transposing copy (for the
+    next layer's kernel gradient), and XLA would fuse them into that copy and make it 20x
+    slower (README, Performance).
     """
     blocks = jnp.asarray(blocks)
     batch, height, width, kernel_h, kernel_w, channels = blocks.shape
@@ -183,6 +187,8 @@ def _col2im(blocks: jax.Array, stride: int, one_pass: bool = False) -> jax.Array
     out_w = _output_size(width, kernel_w, stride)
     if height == 1 and width == 1:  # the blocks do not overlap: they are the output
         return blocks.reshape(batch, kernel_h, kernel_w, channels)
+    if stride > 1 and not one_pass:
+        return _col2im_by_phase(blocks, stride)
     index, per_pixel = _col2im_indices(height, width, kernel_h, kernel_w, stride)
     flat = blocks.reshape(batch, height * width * kernel_h * kernel_w, channels)
     if one_pass:
@@ -193,19 +199,56 @@ def _col2im(blocks: jax.Array, stride: int, one_pass: bool = False) -> jax.Array
     return gathered.reshape(batch, out_h, out_w, per_pixel, channels).sum(axis=3)
 
 
+def _col2im_by_phase(blocks: jax.Array, stride: int) -> jax.Array:
+    """`_col2im` for stride > 1 as `stride`**2 stride-1 sums ("phases"), interleaved.
+
+    The output pixels (stride*m + r, stride*n + t) of one phase (r, t) receive exactly the
+    kernel offsets p = r, r + stride, ... and q = t, t + stride, ..., offset p from input
+    row m - p // stride: each phase is a sum of a few zero-padded, shifted slices of
+    `blocks`, and one stack and reshape interleave the phases. XLA fuses this into a pass
+    over the output; the training step ran 7% faster than with the gather (README,
+    Performance).
+    """
+    batch, height, width, kernel_h, kernel_w, channels = blocks.shape
+    out_h = _output_size(height, kernel_h, stride)
+    out_w = _output_size(width, kernel_w, stride)
+    # Rows and columns of every phase, padded to the longest (the first).
+    phase_h, phase_w = -(-out_h // stride), -(-out_w // stride)
+
+    def phase(r: int, t: int) -> jax.Array:  # (B, phase_h, phase_w, C)
+        total = jnp.zeros((batch, phase_h, phase_w, channels), blocks.dtype)
+        for p in range(r, kernel_h, stride):
+            for q in range(t, kernel_w, stride):
+                shift_h, shift_w = p // stride, q // stride
+                total = total + jnp.pad(blocks[:, :, :, p, q], [
+                    (0, 0), (shift_h, phase_h - height - shift_h),
+                    (shift_w, phase_w - width - shift_w), (0, 0)])
+        return total
+
+    phases = jnp.stack([jnp.stack([phase(r, t) for t in range(stride)], axis=3)
+                        for r in range(stride)], axis=2)  # (B, phase_h, r, phase_w, t, C)
+    out = phases.reshape(batch, phase_h * stride, phase_w * stride, channels)
+    return out[:, :out_h, :out_w]
+
+
 def _sum_over_positions(a: jax.Array, b: jax.Array) -> jax.Array:
     """sum over (n, i, j) of the outer products a[n, i, j] x b[n, i, j]: a.shape[3:] + b.shape[3:].
 
-    The kernel gradients. Both operands have the contraction on their leading (major) axes,
-    so XLA:CPU copies one of them into a transposed layout for its matrix multiply; making
-    the smaller one the left operand makes that copy the cheaper one.
+    The kernel gradients, as one (A, N) @ (N, B') matmul over the N = n*i*j positions. Both
+    operands come with N leading (major); the smaller one is transposed explicitly first, so
+    the multiply is a plain one that XLA:CPU hands to YNNPACK (and runs together with the
+    input gradient's multiply, which reads the same patches). Left to XLA, the transposed
+    operand went to a slower kernel: the step took 5-7% longer (README, Performance).
     """
-    dims = (((0, 1, 2), (0, 1, 2)), ((), ()))
-    a_rest, b_rest = a.ndim - 3, b.ndim - 3
-    if math.prod(a.shape[3:]) <= math.prod(b.shape[3:]):
-        return lax.dot_general(a, b, dims)
-    swapped = lax.dot_general(b, a, dims)  # b.shape[3:] + a.shape[3:]
-    return swapped.transpose(tuple(range(b_rest, b_rest + a_rest)) + tuple(range(b_rest)))
+    positions = math.prod(a.shape[:3])
+    a_rest, b_rest = a.shape[3:], b.shape[3:]
+    if math.prod(a_rest) > math.prod(b_rest):
+        swapped = _sum_over_positions(b, a)  # b_rest + a_rest
+        return swapped.transpose(tuple(range(len(b_rest), swapped.ndim))
+                                 + tuple(range(len(b_rest))))
+    a_transposed = a.reshape(positions, -1).T  # (A, N)
+    product = lax.dot_general(a_transposed, b.reshape(positions, -1), (((1,), (0,)), ((), ())))
+    return product.reshape(a_rest + b_rest)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
