@@ -21,9 +21,10 @@ shrink 2.25-fold, to 16 of (B, Cin) @ (Cin, 4*Cout):
     y              = from_points @ (values(x) @ values(kernel))       (Ho*Wo, B, Cout)
 
 with P = Ph * Pw points and J = Jh * Jw pieces. Each transform is a small constant matrix
-of 0, +-1 and +-1/2. The two that touch activations are applied as sums of whole rows of
-channels (`apply_along`), with the transposed sums as their backward pass: as einsums, XLA
-had transposed the products element by element, and the step ran 10% slower (README,
+of 0, +-1, +-1/2 and +-1/4, and a Kronecker product of one per axis. The two that touch
+activations are applied one axis at a time as sums of whole rows of channels
+(`apply_along`), with the transposed sums as their backward pass: as einsums, XLA had
+transposed the products element by element, and the step ran 8-10% slower (README,
 Performance). So this layer, like the "matmul" ones, has reverse-mode derivatives only.
 """
 
@@ -161,20 +162,28 @@ def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
         raise ValueError(f"Winograd's transposed convolution takes inputs of at most "
                          f"{MAX_POINTS} pixels per axis where it saves multiplies, got input "
                          f"{height}x{width} and kernel {kernel_h}x{kernel_w}")
-    to_points, kernel_to_points, from_points = transforms(height, width, kernel_h, kernel_w)
-    pieces, points = kernel_to_points.shape[:2]
-    # (P, B, Cin): each point a sum of input pixels, each a row of Cin channels.
-    x_values = apply_along(to_points, x.reshape(batch, height * width, in_features), 1, 0)
+    (to_h, _, from_h), (to_w, _, from_w) = (_axis_transforms(height, kernel_h),
+                                             _axis_transforms(width, kernel_w))
+    (points_h, points_w), (pieces_h, pieces_w) = (len(to_h), len(to_w)), from_h.shape[1:2] + \
+        from_w.shape[1:2]
+    out_h, out_w = len(from_h), len(from_w)
+    # (P, B, Cin): each point a sum of input pixels (rows of Cin channels), one axis at a time.
+    x_values = apply_along(to_w, apply_along(to_h, x, 1, 0), 2, 1).reshape(
+        points_h * points_w, batch, in_features)
     # The kernel's transform is small: an einsum, exact (no TF32 on a GPU).
+    kernel_to_points = transforms(height, width, kernel_h, kernel_w)[1]
     kernel_values = jnp.einsum("jpk,kcd->pcjd", jnp.asarray(kernel_to_points, x.dtype),
                                kernel.reshape(kernel_h * kernel_w, in_features, out_features),
-                               precision=lax.Precision.HIGHEST).reshape(points, in_features, -1)
+                               precision=lax.Precision.HIGHEST)
     # All pieces at once: (P, B, Cin) @ (P, Cin, J*Cout).
-    y_values = lax.dot_general(x_values, kernel_values, (((2,), (1,)), ((0,), (0,))))
-    # (P*J, B, Cout), then each output pixel a sum of (point, piece) products: (B, Ho*Wo, Cout).
-    y_values = y_values.reshape(points, batch, pieces, out_features).transpose(
-        0, 2, 1, 3).reshape(points * pieces, batch, out_features)
-    out_pixels = (height + kernel_h - 1) * (width + kernel_w - 1)
-    y = apply_along(from_points.transpose(0, 2, 1).reshape(out_pixels, points * pieces),
-                    y_values, 0, 1)
-    return y.reshape(batch, height + kernel_h - 1, width + kernel_w - 1, out_features)
+    y_values = lax.dot_general(
+        x_values, kernel_values.reshape(points_h * points_w, in_features, -1),
+        (((2,), (1,)), ((0,), (0,))))
+    # Interpolation, one axis at a time, each over its (point, piece) pairs: rows, then columns.
+    y_values = y_values.reshape(points_h, points_w, batch, pieces_h, pieces_w, out_features)
+    y_values = y_values.transpose(0, 3, 1, 2, 4, 5).reshape(
+        points_h * pieces_h, points_w, batch, pieces_w, out_features)
+    rows = apply_along(from_h.transpose(0, 2, 1).reshape(out_h, -1), y_values, 0, 2)
+    rows = rows.transpose(0, 3, 1, 2, 4).reshape(  # (Pw*Jw, B, Ho, Cout)
+        points_w * pieces_w, batch, out_h, out_features)
+    return apply_along(from_w.transpose(0, 2, 1).reshape(out_w, -1), rows, 0, 2)
