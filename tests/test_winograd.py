@@ -93,19 +93,25 @@ def test_float64_inputs_get_float64_transforms():
         np.testing.assert_allclose(y, _direct_float64(x, w), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("in_axis,out_axis", [(1, 0), (0, 1), (2, 2), (0, 0)])
-def test_apply_along_is_a_matrix_product_along_one_axis(in_axis, out_axis):
-    # Values and the custom backward pass against einsum's, for a matrix of the transforms'
-    # kind (0, +-1, +-1/2, and a row of zeros) and axes moved or not.
+@pytest.mark.parametrize("in_axes,out_axis", [(1, 0), (0, 1), (2, 2), (0, 0), ((0, 2), 1),
+                                              ((1, 2), 0)])
+def test_apply_along_is_a_matrix_product_along_its_axes(in_axes, out_axis):
+    # Values and the custom backward pass against tensordot's, for a matrix of the
+    # transforms' kind (0, +-1, +-1/2, +-1/4, a row of zeros), over one axis or two (whose
+    # sizes 2 x 2 the columns index row-major), the result's axis moved or not.
     matrix = np.array([[1, 0, -1, 0.5], [0, 0, 0, 0], [-0.25, 1, 1, -1]])
-    array = jax.random.normal(jax.random.key(in_axis * 3 + out_axis), (5, 6, 7)[:in_axis]
-                              + (4,) + (5, 6, 7)[in_axis:2])
+    axes = (in_axes,) if isinstance(in_axes, int) else in_axes
+    shape = [5, 6, 7]
+    for axis in axes:
+        shape[axis] = 4 // len(axes)
+    array = jax.random.normal(jax.random.key(len(axes) * 10 + out_axis), tuple(shape))
 
     def reference(array):
-        moved = jnp.moveaxis(array, in_axis, 0)
-        return jnp.moveaxis(jnp.tensordot(matrix, moved, axes=1), 0, out_axis)
+        moved = jnp.moveaxis(array, axes, tuple(range(len(axes))))
+        flat = moved.reshape((4,) + moved.shape[len(axes):])
+        return jnp.moveaxis(jnp.tensordot(matrix, flat, axes=1), 0, out_axis)
 
-    value, vjp = jax.vjp(lambda a: winograd.apply_along(matrix, a, in_axis, out_axis), array)
+    value, vjp = jax.vjp(lambda a: winograd.apply_along(matrix, a, in_axes, out_axis), array)
     expected, expected_vjp = jax.vjp(reference, array)
     chex.assert_shape(value, expected.shape)
     cotangent = jax.random.normal(jax.random.key(99), expected.shape)

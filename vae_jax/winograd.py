@@ -31,6 +31,7 @@ Performance). So this layer, like the "matmul" ones, has reverse-mode derivative
 from __future__ import annotations
 
 import functools
+import itertools
 from fractions import Fraction
 
 import jax
@@ -101,27 +102,38 @@ def transforms(height: int, width: int, kernel_h: int, kernel_w: int
                 (height + kernel_h - 1) * (width + kernel_w - 1), pieces, points))
 
 
-def apply_along(matrix: np.ndarray, array: jax.Array, in_axis: int, out_axis: int
-                ) -> jax.Array:
-    """A constant (M, N) matrix applied along one axis of `array` (of size N there).
+def apply_along(matrix: np.ndarray, array: jax.Array, in_axes: int | tuple[int, ...],
+                out_axis: int) -> jax.Array:
+    """A constant (M, N) matrix applied along one or more axes of `array`.
 
-    `out.take(m, out_axis) = sum_n matrix[m, n] * array.take(n, in_axis)`: the result has
-    the remaining axes in order, with M inserted at `out_axis`. Computed as sums of slices
-    (each a whole block of contiguous channels), which XLA fuses into one pass; the backward
-    pass is the same with the transposed matrix.
+    The columns index the (increasing) `in_axes` of `array` together, row-major over their
+    sizes (N in all): `out.take(m, out_axis) = sum_n matrix[m, n] * array[..., n, ...]`. The
+    result has the remaining axes in order, with M inserted at `out_axis`. Computed as sums
+    of slices (each a whole block of contiguous channels), which XLA fuses into one pass, with no
+    transpose; the backward pass is the same with the transposed matrix.
     """
+    in_axes = (in_axes,) if isinstance(in_axes, int) else tuple(in_axes)
+    if list(in_axes) != sorted(set(in_axes)):
+        raise ValueError(f"apply_along takes increasing axes, got {in_axes}")
     rows = tuple(tuple(float(value) for value in row) for row in np.asarray(matrix))
-    return _along(rows, in_axis, out_axis)(array)
+    return _along(rows, in_axes, (len(rows),), (out_axis,))(array)
 
 
 @functools.lru_cache(maxsize=None)
-def _along(rows: tuple[tuple[float, ...], ...], in_axis: int, out_axis: int):
-    """`apply_along` for one matrix and pair of axes, with its custom VJP."""
+def _along(rows: tuple[tuple[float, ...], ...], in_axes: tuple[int, ...],
+           out_sizes: tuple[int, ...], out_axes: tuple[int, ...]):
+    """`apply_along` with its custom VJP: the rows of the matrix index `out_sizes` (placed at
+    the increasing `out_axes` of the result), its columns the `in_axes` of the input."""
 
     @jax.custom_vjp
     def along(array):
-        slices = [lax.index_in_dim(array, n, in_axis, keepdims=False)
-                  for n in range(len(rows[0]))]
+        in_sizes = tuple(array.shape[axis] for axis in in_axes)
+        slices = []
+        for position in itertools.product(*map(range, in_sizes)):
+            index = [slice(None)] * array.ndim
+            for axis, at in zip(in_axes, position):
+                index[axis] = at
+            slices.append(array[tuple(index)])
         sums = []
         for row in rows:
             terms = [value * slices[n] if abs(value) != 1 else
@@ -129,12 +141,18 @@ def _along(rows: tuple[tuple[float, ...], ...], in_axis: int, out_axis: int):
                      for n, value in enumerate(row) if value != 0]
             sums.append(functools.reduce(lax.add, terms) if terms
                         else jnp.zeros_like(slices[0]))
-        return jnp.stack(sums, axis=out_axis)
+        # Stack the last output axis first: axis k goes in before axes 0..k-1 exist.
+        for k in reversed(range(len(out_sizes))):
+            group = len(sums) // out_sizes[k]
+            sums = [jnp.stack(sums[g * out_sizes[k]:(g + 1) * out_sizes[k]],
+                              axis=out_axes[k] - k) for g in range(group)]
+        return sums[0]
 
-    def backward(_, cotangent):
-        return (_along(tuple(zip(*rows)), out_axis, in_axis)(cotangent),)
+    def backward(in_sizes, cotangent):
+        return (_along(tuple(zip(*rows)), out_axes, in_sizes, in_axes)(cotangent),)
 
-    along.defvjp(lambda array: (along(array), None), backward)
+    along.defvjp(lambda array: (along(array), tuple(array.shape[a] for a in in_axes)),
+                 backward)
     return along
 
 
@@ -164,9 +182,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
                          f"{height}x{width} and kernel {kernel_h}x{kernel_w}")
     (to_h, _, from_h), (to_w, _, from_w) = (_axis_transforms(height, kernel_h),
                                              _axis_transforms(width, kernel_w))
-    (points_h, points_w), (pieces_h, pieces_w) = (len(to_h), len(to_w)), from_h.shape[1:2] + \
-        from_w.shape[1:2]
-    out_h, out_w = len(from_h), len(from_w)
+    points_h, points_w = len(to_h), len(to_w)
+    (out_h, pieces_h, _), (out_w, pieces_w, _) = from_h.shape, from_w.shape
     # (P, B, Cin): each point a sum of input pixels (rows of Cin channels), one axis at a time.
     x_values = apply_along(to_w, apply_along(to_h, x, 1, 0), 2, 1).reshape(
         points_h * points_w, batch, in_features)
@@ -181,9 +198,6 @@ def conv_transpose(x: jax.Array, kernel: jax.Array) -> jax.Array:
         (((2,), (1,)), ((0,), (0,))))
     # Interpolation, one axis at a time, each over its (point, piece) pairs: rows, then columns.
     y_values = y_values.reshape(points_h, points_w, batch, pieces_h, pieces_w, out_features)
-    y_values = y_values.transpose(0, 3, 1, 2, 4, 5).reshape(
-        points_h * pieces_h, points_w, batch, pieces_w, out_features)
-    rows = apply_along(from_h.transpose(0, 2, 1).reshape(out_h, -1), y_values, 0, 2)
-    rows = rows.transpose(0, 3, 1, 2, 4).reshape(  # (Pw*Jw, B, Ho, Cout)
-        points_w * pieces_w, batch, out_h, out_features)
-    return apply_along(from_w.transpose(0, 2, 1).reshape(out_w, -1), rows, 0, 2)
+    rows = apply_along(from_h.transpose(0, 2, 1).reshape(out_h, -1), y_values, (0, 3), 2)
+    # rows: (Pw, B, Ho, Jw, Cout) -> (B, Ho, Wo, Cout)
+    return apply_along(from_w.transpose(0, 2, 1).reshape(out_w, -1), rows, (0, 3), 2)
