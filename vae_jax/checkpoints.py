@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import warnings
 from typing import Any, Callable
 
@@ -245,14 +246,26 @@ class RunCheckpoints:
             except Exception:  # noqa: BLE001 - the same failure again
                 pass
             self.close()
-            for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-                shutil.rmtree(partial, ignore_errors=True)
+            self._remove_partial(step)
             kept = [saved for saved in self.steps() if saved != step]
             raise CheckpointWriteError(
                 f"cannot save the checkpoint of step {step} in {self.directory}: "
                 f"{write_failure(error)}; "
                 + (f"the last good checkpoint (step {kept[-1]}) stays" if kept
                    else "there is no earlier checkpoint")) from error
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes what a failed save of `step` left behind. Once in a full test suite a
+        half-written directory survived one pass (a file still arriving while it was being
+        removed, it seems), so this looks again until none is left, for up to a second."""
+        pattern = os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")
+        deadline = time.monotonic() + 1.0
+        while partials := glob.glob(pattern):
+            for partial in partials:
+                shutil.rmtree(partial, ignore_errors=True)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
     def save_train_state(self, state: TrainState, epoch_sums: dict | None) -> None:
         """Saves the whole train state and the running sums of an unfinished epoch."""
