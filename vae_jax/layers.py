@@ -238,7 +238,7 @@ def _sum_over_positions(a: jax.Array, b: jax.Array) -> jax.Array:
     operands come with N leading (major); the smaller one is transposed explicitly first, so
     the multiply is a plain one that XLA:CPU hands to YNNPACK (and runs together with the
     input gradient's multiply, which reads the same patches). Left to XLA, the transposed
-    operand went to a slower kernel: the step took 5-7% longer (README, Performance).
+    operand went to a slower kernel: the step took 5-8% longer (README, Performance).
     """
     positions = math.prod(a.shape[:3])
     a_rest, b_rest = a.shape[3:], b.shape[3:]
