@@ -49,8 +49,7 @@ def report(implementation: str, golden: dict) -> str:
     for key, step in parity._section(golden, "adam_step/").items():
         if key in parity.BIASES_BEFORE_BATCHNORM:
             continue
-        ratio = np.abs(step.astype(np.float64)) / parity.LR
-        checked = ~(1e-8 * ratio < parity.TINY_GRAD * (1 - ratio))
+        checked = ~parity.tiny_gradient(step)
         ours = stepped[key].astype(np.float64) - state_dict[key]
         adam_error = max(adam_error, np.abs(ours - step)[checked].max())
     curve = runner.run_curve(variables, golden["curve_images"], golden["curve_eps"])
