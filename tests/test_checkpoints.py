@@ -197,3 +197,17 @@ def test_unwritable_workdir_is_refused(tmp_path, capsys):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         assert train.main(["--workdir", str(locked / "run"), "--no-download"]) == 2
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("Encountered error while reading array index: (slice(0, 4, 1),). See full TensorStore "
+     "details: {...}", "Encountered error while reading array index: (slice(0, 4, 1),)"),
+    ("DATA_LOSS: Error reading local file: <bound method pybind11_detail_function_record_v1_"
+     "system_libstdcpp_gxx_abi_1xxx of <tensorstore.Promise>>", "DATA_LOSS: Error reading "
+                                                              "local file"),
+    ("NOT_FOUND: Error opening \"manifest.ocdbt\" [source locations='tensorstore/kvstore/"
+     "ocdbt.cc:85']\nsecond line", "NOT_FOUND: Error opening \"manifest.ocdbt\""),
+    ("", "ValueError"),
+])
+def test_unreadable_checkpoint_warnings_keep_the_first_readable_words(message, expected):
+    assert checkpoints.error_line(ValueError(message)) == expected

@@ -5,11 +5,15 @@ import argparse
 import dataclasses
 import importlib
 import importlib.metadata
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 
-from vae_jax import cli
+from tests.helpers import REPO_ROOT
+from vae_jax import cli, launch
 from vae_jax.config import TrainConfig, flag_name
 from vae_jax.errors import InputError, Stopped, TrainingInterrupted
 
@@ -123,10 +127,39 @@ def test_program_name_is_the_installed_script_or_the_module(monkeypatch):
     assert cli.program_name("python -m vae_jax.evaluate") == "python -m vae_jax.evaluate"
 
 
-def test_every_command_is_an_installed_script():
+def test_every_command_is_an_installed_script(monkeypatch):
+    """Each script runs its command's `main` through `vae_jax.launch`."""
     scripts = {entry.name: entry.value
                for entry in importlib.metadata.entry_points(group="console_scripts")
                if entry.name.startswith("vae-jax-")}
-    assert scripts == {name: f"{module}:main" for name, module in COMMANDS.items()}
-    for module in COMMANDS.values():
-        assert callable(importlib.import_module(module).main)
+    assert scripts == {name: f"vae_jax.launch:{module.split('.')[1]}"
+                       for name, module in COMMANDS.items()}
+    for name, module in COMMANDS.items():
+        monkeypatch.setattr(f"{module}.main", lambda name=name: f"{name} ran")
+        assert getattr(launch, module.split(".")[1])() == f"{name} ran"
+
+
+INTERRUPTED_IMPORT = """
+import builtins
+real_import = builtins.__import__
+def interrupted_import(name, *args, **kwargs):
+    if name == "jax" or name.startswith("jax."):
+        raise KeyboardInterrupt  # what Ctrl-C while JAX loads raises, simulated
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = interrupted_import
+"""
+
+
+@pytest.mark.parametrize("command, prog", [
+    ([sys.executable, "train.py", "--epochs", "1"], "train.py"),
+    ([sys.executable, "-c", "import sys; from vae_jax import launch; "
+      "sys.argv[0] = '/venv/bin/vae-jax-evaluate'; sys.exit(launch.evaluate())"],
+     "vae-jax-evaluate"),
+])
+def test_ctrl_c_while_jax_loads_is_one_line(tmp_path, command, prog):
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPTED_IMPORT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), REPO_ROOT])}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert (result.returncode, result.stderr, result.stdout) == (130, f"{prog}: interrupted\n",
+                                                                 "")

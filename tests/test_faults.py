@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 import vae_jax
 from tests.helpers import (REPO_ROOT, full_state, run_in_process, save_untrained, snapshot,
                            untrained_variables)
-from vae_jax import checkpoints, evaluate, input_pipeline, plots, sample, torch_port, train
+from vae_jax import checkpoints, digests, evaluate, input_pipeline, plots, sample, torch_port, train
 from vae_jax.workdir import exclusive
 
 # --- helpers -----------------------------------------------------------------------------
@@ -139,6 +139,31 @@ def other_values_same_digests(step_dir):
         checkpointer.save(path, tree)
 
 
+def non_finite_weight(step_dir):
+    """Re-saves the variables with one weight infinite and rewrites their digests to
+    match: damage that no digest can catch, which a run never saves."""
+    path = os.path.join(step_dir, "variables")
+    tree = jax.tree.map(np.array, ocp.StandardCheckpointer().restore(path))
+    tree["params"]["decoder"]["deconv2"]["kernel"][0, 0, 0, 0] = np.inf
+    shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, tree)
+    record = os.path.join(step_dir, "digests", "metadata")
+    saved = json.load(open(record))
+    saved["variables"] = digests.tree_digests(tree)
+    json.dump(saved, open(record, "w"))
+
+
+def without_digests(damage=None):
+    """`damage`, then the digest record deleted (an interrupted copy, a backup tool that
+    skips small folders)."""
+    def apply(step_dir):
+        if damage is not None:
+            damage(step_dir)
+        shutil.rmtree(os.path.join(step_dir, "digests"))
+    return apply
+
+
 DAMAGE = {
     "a flipped bit in the variables": lambda step: flip_bit(
         largest_file(os.path.join(step, "variables"))),
@@ -151,6 +176,10 @@ DAMAGE = {
     "garbage digests": lambda step: open(largest_file(os.path.join(step, "digests")),
                                          "w").write("{\"variables\": {}}"),
     "other values under the same digests": other_values_same_digests,
+    "a deleted digest record": without_digests(),
+    "a flipped bit and no digest record": without_digests(lambda step: flip_bit(
+        largest_file(os.path.join(step, "variables")))),
+    "a non-finite weight under matching digests": non_finite_weight,
 }
 
 
@@ -183,7 +212,9 @@ def checkpoints_at(workdir, step):
 
 
 @pytest.mark.parametrize("damage", ["a flipped bit in the variables",
-                                    "other values under the same digests"])
+                                    "other values under the same digests",
+                                    "a flipped bit and no digest record",
+                                    "a non-finite weight under matching digests"])
 def test_training_resumes_past_a_damaged_checkpoint_exactly(uninterrupted, tmp_path, damage):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
@@ -220,16 +251,43 @@ def resave_with_other_values(variables_dir):
     open(os.path.join(variables_dir, "digests.json"), "w").write(digests)
 
 
-@pytest.mark.parametrize("damage", [lambda path: flip_bit(largest_file(path)),
-                                    lambda path: truncate(largest_file(path)),
-                                    resave_with_other_values],
-                         ids=["a flipped bit", "a truncated file", "other values"])
-def test_damaged_saved_variables_are_refused_in_one_line(tmp_path, capsys, damage):
+def resave_non_finite(variables_dir):
+    """Saved variables with one weight NaN, and digests that match them."""
+    tree = jax.tree.map(np.array, ocp.StandardCheckpointer().restore(str(variables_dir)))
+    tree["params"]["encoder"]["conv1"]["kernel"][0, 0, 0, 0] = np.nan
+    shutil.rmtree(variables_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(str(variables_dir), tree)
+    json.dump(digests.tree_digests(tree), open(os.path.join(variables_dir, "digests.json"), "w"))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: flip_bit(largest_file(path)), "cannot read variables"),
+    (lambda path: truncate(largest_file(path)), "cannot read variables"),
+    (resave_with_other_values, "does not match its digest"),
+    (lambda path: os.remove(path / "digests.json"), "digest record digests.json is missing"),
+    (resave_non_finite, "params/encoder/conv1/kernel holds NaN or infinity"),
+], ids=["a flipped bit", "a truncated file", "other values", "a deleted digests.json",
+        "a NaN weight under matching digests"])
+def test_damaged_saved_variables_are_refused_in_one_line(tmp_path, capsys, damage, words):
     workdir = tmp_path / "saved"
     save_untrained(workdir)
     damage(workdir / "variables")
     status, _, lines = run(capsys, sample.main, "--workdir", workdir)
-    assert_one_line(status, lines, "cannot read variables")
+    assert_one_line(status, lines, "cannot read variables", words)
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_says_so(uninterrupted, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    for step in ("3", "6", "9"):
+        without_digests()(str(workdir / "checkpoints" / step))
+    with pytest.warns(UserWarning) as warned:
+        status, _, lines = run(capsys, sample.main, "--workdir", workdir)
+    assert [str(warning.message).split(" is unreadable ")[1] for warning in warned] == [
+        "(MissingDigests: its digest record is missing); trying the one before it"] * 3
+    assert_one_line(status, lines, f"error: no readable checkpoint in {workdir / 'checkpoints'}"
+                                   f": all 3 are damaged (see the warnings above)")
 
 
 # --- 2. one run per workdir ----------------------------------------------------------------
@@ -425,6 +483,34 @@ def test_an_unwritable_part_of_the_workdir_is_found_before_training(uninterrupte
     assert_one_line(status, lines, f"{workdir / inside} is not writable")
 
 
+@pytest.mark.parametrize("inside, kind", [("checkpoints", "file"), ("tensorboard", "file"),
+                                          ("metrics.jsonl", "directory")])
+def test_a_run_output_of_the_wrong_kind_is_found_before_training(uninterrupted, tmp_path,
+                                                                capsys, inside, kind):
+    """`checkpoints` replaced by a file (say): refused before an epoch is trained, and the
+    earlier run's files, metrics.jsonl included, are left as they were."""
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    shutil.rmtree(workdir / inside) if (workdir / inside).is_dir() else os.remove(
+        workdir / inside)
+    (workdir / inside).mkdir() if kind == "directory" else (workdir / inside).write_text("x")
+    before = snapshot(workdir)
+    with tfds.testing.mock_data(num_examples=48):
+        status, _, lines = run(capsys, train.main, "--workdir", workdir, "--epochs", "4",
+                               "--batch-size", "16", "--seed", "5", "--no-progress",
+                               "--data-dir", tmp_path / "data")
+    wanted = "file" if kind == "directory" else "directory"
+    assert_one_line(status, lines, f"{workdir / inside} is not a {wanted}")
+    assert snapshot(workdir) == before
+
+
+def test_a_workdir_that_is_a_dangling_symbolic_link_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    status, _, lines = run(capsys, train.main, "--workdir", tmp_path / "run", "--no-download")
+    assert_one_line(status, lines, f"{tmp_path / 'run'} is a symbolic link to "
+                                   f"{tmp_path / 'gone'}, which does not exist")
+
+
 @pytest.mark.parametrize("command", ["sample", "plots"])
 def test_a_read_only_workdir_is_one_line_for_the_picture_commands(tmp_path, capsys, command):
     workdir = tmp_path / "saved"
@@ -574,3 +660,17 @@ def test_a_run_resumes_only_in_the_epoch_mode_it_started_with(uninterrupted, tmp
     assert run_in_process(workdir, "--epochs", "4", "--epoch-mode", "scan") == 2
     assert "--epoch-mode scan differs from steps" in capsys.readouterr().err
     assert snapshot(workdir) == before
+
+
+def test_metrics_are_rewritten_only_when_the_run_has_an_epoch_to_record(uninterrupted,
+                                                                      tmp_path):
+    """A run resumed from an early checkpoint drops the later epochs' lines only with its
+    first record: one that stops before then leaves metrics.jsonl as it was."""
+    from vae_jax.writers import EpochWriter
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    before = (workdir / "metrics.jsonl").read_text()
+    with EpochWriter(str(workdir), completed_epochs=1, log=lambda line: None):
+        pass
+    assert (workdir / "metrics.jsonl").read_text() == before
+    assert len(before.splitlines()) == 3

@@ -11,6 +11,8 @@ import re
 
 import pytest
 
+from tests.test_first_screen import NATIVE_ERROR, NOISY_SITECUSTOMIZE
+
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 
@@ -36,6 +38,12 @@ def executed(monkeypatch_module, tmp_path_factory):
     monkeypatch_module.setenv("VAE_JAX_NOTEBOOK_RUNS", str(tmp_path_factory.mktemp("runs")))
     if not _mnist_is_prepared():
         monkeypatch_module.setenv("VAE_JAX_NOTEBOOK_MOCK_DATA", "1")
+    # TensorFlow made noisy, as it is on CPUs with AVX-512/AMX (tests/test_first_screen.py):
+    # its native log lines must not reach the page, on any machine.
+    site = tmp_path_factory.mktemp("noisy_tensorflow")
+    (site / "sitecustomize.py").write_text(NOISY_SITECUSTOMIZE)
+    monkeypatch_module.setenv("PYTHONPATH", os.pathsep.join(
+        [str(site), os.environ.get("PYTHONPATH", "")]))
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
@@ -73,3 +81,13 @@ def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
     assert "same KL either way: True" in text
     # The reconstructions of its one epoch, and the figures.
     assert len(_outputs(executed, "image/png")) == 1 + FIGURES
+
+
+def test_the_notebook_shows_no_native_log_lines(executed):
+    """What the kernel's native code writes to its stderr reaches the page (ipykernel
+    forwards it): TensorFlow's notices must not, its errors must."""
+    stderr = "".join(output.get("text", "") for output in _outputs(executed, "stream")
+                     if output.get("name") == "stderr")
+    native = [line for line in stderr.splitlines()
+              if re.match(r"[IWEF]\d{4} ", line) or "absl::InitializeLog" in line]
+    assert native == [NATIVE_ERROR.strip()], stderr[-2000:]

@@ -151,6 +151,9 @@ def test_two_processes_train_resume_and_evaluate_like_one(uninterrupted, tmp_pat
             workdir, "--epochs", epochs, evaluate=evaluate))
         assert (code0, code1) == (0, 0), err0[-2000:] + err1[-2000:]
         assert "4 devices, 2 processes" in out0 and out1 == ""
+        # Only our lines: no "[Gloo] Rank 0 is connected to 1 peer ranks" between them.
+        assert all(line.startswith(("resuming from", "training on", "epoch ", "{"))
+                   for line in out0.splitlines()), out0
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [(record["epoch"], record["processes"]) for record in records] == [
         (1, 2), (2, 2), (3, 2)]
@@ -200,6 +203,44 @@ def wait_for_epoch(workdir, epoch, processes, timeout=300):
             return
         time.sleep(0.2)
     raise AssertionError(f"epoch {epoch} did not come")
+
+
+def test_a_run_whose_processes_never_join_ends_with_one_line(tmp_path):
+    """Process 0 of 2 started alone: one line naming the address and the process waited
+    for, exit code 2, instead of JAX's SIGABRT with a C++ stack trace."""
+    port = free_port()
+    result = worker("train", *RUN_FLAGS, "--workdir", tmp_path / "run", "--data-dir",
+                    tmp_path / "data", "--coordinator-address", f"localhost:{port}",
+                    "--num-processes", 2, "--process-id", 0, "--distributed-timeout", 2,
+                    devices=1)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"train.py: error: process 0 of 2 waited 2 s at localhost:{port} for process 1, which "
+        "did not join; start every process with the same --coordinator-address and "
+        "--num-processes, or raise --distributed-timeout"]
+
+
+@pytest.mark.parametrize("address", ["nonsense", "localhost", "localhost:", ":1234",
+                                     "localhost:http", "localhost:70000"])
+def test_a_coordinator_address_that_is_not_host_port_is_one_line(address, capsys):
+    from vae_jax import train
+    status = train.main(["--coordinator-address", address, "--num-processes", "2",
+                         "--process-id", "0", "--no-download"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1, lines
+    assert f"--coordinator-address {address!r}: expected HOST:PORT" in lines[0]
+
+
+def test_no_batch_size_fits_when_the_images_do_not_divide_among_the_devices():
+    """20 images on 3 devices: every batch size leaves a remainder; say so, and which
+    device counts work."""
+    parallel = DataParallel.create(1)
+    object.__setattr__(parallel, "mesh", type("Mesh", (), {"devices": np.zeros(3)})())
+    with pytest.raises(ValueError) as refused:
+        parallel.check_batches(20, 8)
+    assert str(refused.value).endswith(
+        "cannot be split evenly; use --devices 1: no --batch-size splits 20 images over 3 "
+        "devices (20 is not a multiple of 3)")
 
 
 @pytest.mark.parametrize("num_examples, batch_size, devices, expected", [

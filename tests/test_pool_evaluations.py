@@ -92,7 +92,9 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
     paths = []
     for index, part in enumerate(parts):
         paths.append(tmp_path / f"part{index}.json")
-        paths[-1].write_text(json.dumps(part))
+        # As evaluate --json writes it: null, not NaN, for one image's standard error.
+        paths[-1].write_text(json.dumps({key: None if isinstance(value, float) and np.isnan(value)
+                                         else value for key, value in part.items()}))
     assert pool_evaluations.main([str(path) for path in paths] + ["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(json.dumps(pool_evaluations.pool(parts)))
@@ -108,3 +110,41 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
         assert pool_evaluations.main([str(paths[0]), str(bad)]) == 2
         error = capsys.readouterr().err
         assert message in error and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_images", 0, "'num_images' must be a positive integer, got 0"),
+    ("num_images", -50, "'num_images' must be a positive integer, got -50"),
+    ("num_images", True, "'num_images' must be a positive integer, got True"),
+    ("neg_elbo", "95.1", "'neg_elbo' must be a finite number, got '95.1'"),
+    ("nll_iwae", None, "'nll_iwae' must be a finite number, got None"),
+    ("neg_elbo_stderr", -1.0, "'neg_elbo_stderr' must be a non-negative number or null"),
+    ("kl_per_dim", [0.5, 0.5], "'kl_per_dim' must be a list of 4 numbers (z_dim), got [0.5, 0.5]"),
+    ("kl_per_dim", None, "'kl_per_dim' must be a list of 4 numbers (z_dim), got None"),
+    ("kl_per_dim", [1, 2, "x", 4], "'kl_per_dim' must be a list of 4 numbers (z_dim)"),
+    ("split", ["test[:10]"], "'split' must be a split such as 'test[:1000]', got ['test[:10]']"),
+    ("seconds_iwae", 0, "'seconds_iwae' must be a positive number of seconds, got 0"),
+    ("seed", 1.5, "'seed' must be an integer, got 1.5"),
+    ("z_dim", "32", "'z_dim' must be a positive integer, got '32'"),
+])
+def test_a_field_of_the_wrong_type_or_range_is_one_line_naming_file_and_field(
+        parts, tmp_path, capsys, field, value, expected):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(parts[0]))
+    bad.write_text(json.dumps({**parts[2], field: value}))
+    assert pool_evaluations.main([str(good), str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert f"error: {bad}: {expected}" in captured.err
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary",
+                                     b'{"neg_elbo": NaN}'])
+def test_a_file_that_is_not_json_text_is_one_line(parts, tmp_path, capsys, content):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(parts[0]))
+    bad.write_bytes(content)
+    with np.errstate(all="raise"):
+        assert pool_evaluations.main([str(good), str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{bad} is not a JSON text file" in error

@@ -56,3 +56,24 @@ def test_missing_workdir_exits_2_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         sample.main(["--workdir", str(tmp_path), "--num", "0"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, v: sample.sample_images(m, v, jax.random.key(0), 0), "num must be a positive "
+                                                                     "integer, got 0"),
+    (lambda m, v: sample.sample_images(m, v, jax.random.key(0), -3), "got -3"),
+    (lambda m, v: sample.sample_images(m, v, jax.random.key(0), 4, batch_size=0),
+     "batch_size must be a positive integer, got 0"),
+    (lambda m, v: evaluate.encode(m, v, np.zeros((0, 28, 28, 1), np.float32)),
+     r"images must be a non-empty \(N, 28, 28, channels\) array, got shape \(0, 28, 28, 1\)"),
+    (lambda m, v: evaluate.encode(m, v, np.zeros((28, 28), np.float32)), r"shape \(28, 28\)"),
+    (lambda m, v: evaluate.encode(m, v, np.zeros((2, 28, 28, 1), np.float32), batch_size=0),
+     "batch_size must be a positive integer, got 0"),
+    (lambda m, v: evaluate.neg_elbo(m, v, np.zeros((0, 28, 28, 1), np.float32),
+                                    jax.random.key(0), batch_size=4), "non-empty"),
+], ids=["num 0", "num -3", "batch_size 0", "no images", "one image without axes",
+        "encode batch_size 0", "neg_elbo of no images"])
+def test_the_notebook_helpers_refuse_bad_arguments_in_one_line(saved_model, call, message):
+    model, variables, _ = load_model(str(saved_model))
+    with pytest.raises(evaluate.EvaluationError, match=message):
+        call(model, variables)

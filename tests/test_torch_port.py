@@ -207,6 +207,24 @@ def test_unexpected_key_is_a_value_error_naming_it(state_dict):
         from_torch_state_dict(broken)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("decode.gen.1.0.weight", {"data": [1.0]},
+     r"'decode.gen.1.0.weight' is not a tensor \(got dict\)"),
+    ("decode.gen.0.0.weight", {"data": [1.0]},
+     r"'decode.gen.0.0.weight' is not a tensor \(got dict\)"),
+    ("encode.disc.0.1.bias", "zeros", r"'encode.disc.0.1.bias' is not a tensor \(got str\)"),
+    ("encode.disc.0.1.bias", [[1.0], [2.0, 3.0]], r"'encode.disc.0.1.bias' is not a tensor of "
+                                                 r"numbers \(got list"),
+    ("decode.gen.0.0.weight", np.zeros(3, np.float32), r"a ConvTranspose2d weight has 4 axes"),
+    (7, np.zeros(3, np.float32), r"unexpected key 7"),
+])
+def test_odd_entries_are_a_value_error_naming_the_key(state_dict, key, value, message):
+    broken = dict(state_dict)
+    broken[key] = value
+    with pytest.raises(ValueError, match=message):
+        from_torch_state_dict(broken)
+
+
 def test_wrong_shape_is_a_value_error_with_both_shapes(state_dict):
     broken = dict(state_dict)
     broken["encode.disc.1.0.weight"] = np.zeros((32, 16, 3, 3), np.float32)

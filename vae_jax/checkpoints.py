@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -123,9 +124,14 @@ def load_variables(workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     if os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR)):
         with RunCheckpoints(workdir) as run:
+            steps = run.steps()
             restored = run.restore_newest(("variables",), quarantine=False)
         if restored is not None:
             return jax.tree.map(np.asarray, _variables_tree(restored[1]["variables"]))
+        if steps:
+            damaged = "the only one is" if len(steps) == 1 else f"all {len(steps)} are"
+            raise CheckpointError(f"no readable checkpoint in {run.directory}: {damaged} "
+                                  "damaged (see the warnings above)")
     path = os.path.join(workdir, VARIABLES_DIR)
     if not os.path.isdir(path):
         raise CheckpointError(f"no saved variables in {workdir} (expected "
@@ -135,13 +141,24 @@ def load_variables(workdir: str) -> dict:
         with ocp.StandardCheckpointer() as checkpointer:
             tree = checkpointer.restore(path)
         digests_path = os.path.join(path, DIGESTS_FILE)
-        if os.path.exists(digests_path):  # absent in directories saved by earlier versions
-            with open(digests_path) as file:
-                digests.verify(tree, json.load(file), "variable")
+        if not os.path.exists(digests_path):
+            raise digests.MissingDigests(f"its digest record {DIGESTS_FILE} is missing")
+        with open(digests_path) as file:
+            digests.verify(tree, json.load(file), "variable")
+        digests.require_finite(tree, "variable")
     except Exception as error:  # orbax raises many types for damaged files
         raise CheckpointError(f"cannot read variables in {path}: {type(error).__name__}: "
-                              f"{error}") from error
+                              f"{error_line(error)}") from error
     return jax.tree.map(np.asarray, _variables_tree(tree))
+
+
+def error_line(error: Exception) -> str:
+    """An error's message as one readable line: the first line, without the Python object
+    reprs and source locations that tensorstore appends (at most 200 characters)."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    text = re.split(r"\.?\s*(?:<bound method|<function|\[source locations=|"
+                    r"\[tensorstore_spec=|See full TensorStore details)", text)[0]
+    return text.rstrip(" ;:,[(")[:200] or type(error).__name__
 
 
 def read_run_config(workdir: str) -> dict[str, Any]:
@@ -310,7 +327,8 @@ class RunCheckpoints:
         """
         targets = targets or {}
         for step in reversed(self.steps()):
-            args = {}
+            args = ({DIGESTS_ITEM: ocp.args.JsonRestore()}
+                    if self._has_item(step, DIGESTS_ITEM) else {})
             try:
                 for item in items:
                     args[item] = ocp.args.JsonRestore() if item == "config" else (
@@ -319,21 +337,28 @@ class RunCheckpoints:
             except Exception as error:  # noqa: BLE001 - unreadable metadata
                 self._warn_unreadable(step, error, quarantine)
                 continue
-            # Checkpoints written before digests existed are restored unverified.
-            verified = self._has_item(step, DIGESTS_ITEM)
-            if verified:
-                args[DIGESTS_ITEM] = ocp.args.JsonRestore()
             try:
                 restored = self._open().restore(step, args=ocp.args.Composite(**args))
-                for item in items:
-                    if verified and item != "config":
-                        digests.verify(restored[item], restored[DIGESTS_ITEM][item],
-                                       f"{item} array")
+                self._verify(step, restored, items)
             except Exception as error:  # orbax raises many types for damaged files
                 self._warn_unreadable(step, error, quarantine)
                 continue
             return step, {item: restored[item] for item in items}
         return None
+
+    def _verify(self, step: int, restored, items) -> None:
+        """Raises unless the restored arrays are the ones saved: each matches its digest
+        and is finite. Only checkpoints of the format before digests existed (those with a
+        `config` item) may come without a digest record; in any other, a missing record is
+        damage (an interrupted copy, a backup that skipped a small folder)."""
+        if DIGESTS_ITEM not in restored and not self._has_item(step, "config"):
+            raise digests.MissingDigests("its digest record is missing")
+        for item in items:
+            if item == "config":
+                continue
+            if DIGESTS_ITEM in restored:
+                digests.verify(restored[item], restored[DIGESTS_ITEM][item], f"{item} array")
+            digests.require_finite(restored[item], f"{item} array")
 
     def _local_target(self, step: int, item: str):
         """The shapes of an item's arrays, to restore onto this process's first device
@@ -359,7 +384,6 @@ class RunCheckpoints:
 
     def _warn_unreadable(self, step: int, error: Exception, quarantine: bool) -> None:
         source = os.path.join(self.directory, str(step))
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
         moved = ""
         if quarantine and is_main_process():
             target = _unused_path(os.path.join(self.workdir, QUARANTINE_DIR, str(step)))
@@ -370,7 +394,7 @@ class RunCheckpoints:
         if not is_main_process():
             return
         warnings.warn(f"checkpoint {source} is unreadable ({type(error).__name__}: "
-                      f"{first_line}){moved}; trying the one before it", stacklevel=3)
+                      f"{error_line(error)}){moved}; trying the one before it", stacklevel=3)
 
     def close(self) -> None:
         if self._manager is not None:

@@ -35,6 +35,7 @@ from vae_jax import checkpoints, hugepages, parallel, platforms
 from vae_jax.binarize import BINARIZE_MODES
 from vae_jax.config import MAX_SEED, NON_NEGATIVE, flag_name, is_non_negative
 from vae_jax.errors import InputError, Stopped
+from vae_jax.launch import program_name  # noqa: F401 - the commands' prog
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -42,13 +43,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def program_name(default: str) -> str:
-    """How the user called the command: an installed `vae-jax-*` script's name, else
-    `default` (e.g. `python -m vae_jax.evaluate`)."""
-    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return called if called.startswith("vae-jax-") else default
 
 
 _A_NUMBER = {int: "an int", float: "a float"}
@@ -121,7 +115,8 @@ def _run_body(parser, body, args, before_platform) -> int:
         if before_platform is not None:
             before_platform(args)
         if _computes(args):
-            platforms.select_platform(args.platform, before_start=lambda: start_distributed(args))
+            platforms.select_platform(
+                args.platform, before_start=lambda: start_distributed(args, parser.prog))
         return body(args) or 0
     except InputError as error:
         print(f"{parser.prog}: error: {first_line(error)}", file=sys.stderr)
@@ -171,10 +166,11 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
                        help="seconds to wait for every process to join (default 120)")
 
 
-def start_distributed(args: argparse.Namespace) -> None:
+def start_distributed(args: argparse.Namespace, prog: str | None = None) -> None:
     if hasattr(args, "coordinator_address"):
         parallel.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                            force=args.distributed, timeout_seconds=args.distributed_timeout)
+                            force=args.distributed, timeout_seconds=args.distributed_timeout,
+                            prog=prog)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:

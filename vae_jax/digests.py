@@ -18,6 +18,23 @@ class DigestMismatch(ValueError):
     """A restored array is not the one that was saved."""
 
 
+class MissingDigests(DigestMismatch):
+    """Arrays saved with digests came back without their digest record."""
+
+
+class NonFiniteArray(ValueError):
+    """A restored array holds NaN or infinity, which no run ever saves."""
+
+
+def require_finite(tree, what: str) -> None:
+    """Raises NonFiniteArray naming the first floating-point array of `tree` (named
+    `what`) that holds NaN or infinity."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        array = _host_array(leaf)
+        if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+            raise NonFiniteArray(f"{what} {_path_name(path)} holds NaN or infinity")
+
+
 def _path_name(path) -> str:
     """A tree path as "params/encoder/conv1/kernel", the same for dicts, named tuples and
     lists, so a tree restored with or without a target has the same names."""

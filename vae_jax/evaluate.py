@@ -59,6 +59,20 @@ class EvaluationError(InputError):
     """An option or a model that cannot be evaluated."""
 
 
+def check_count(value, name: str) -> None:
+    """Raises EvaluationError unless `value` (named `name`) is a positive integer."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_images(images) -> None:
+    """Raises EvaluationError unless `images` is a non-empty (N, 28, 28, C) array."""
+    shape = np.shape(images)
+    if len(shape) != 4 or shape[0] == 0 or shape[1:3] != (28, 28):
+        raise EvaluationError(f"images must be a non-empty (N, 28, 28, channels) array, got "
+                              f"shape {shape}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Eval-mode computations, jitted (and compiled) once per model and batch shape.
 
@@ -146,6 +160,8 @@ def _padded_batches(arrays: tuple[np.ndarray, ...], batch_size: int):
 def encode(model: VAE, variables: dict, images: np.ndarray, batch_size: int = 500
            ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and standard deviations (N, z_dim) of `images`, eval mode."""
+    check_images(images)
+    check_count(batch_size, "batch_size")
     run = _jitted_encoder(model)
     means, stddevs = [], []
     for _, count, (batch,) in _padded_batches((images,), min(batch_size, len(images))):
@@ -208,6 +224,8 @@ def neg_elbo(model: VAE, variables: dict, images: np.ndarray, key: jax.Array, *,
     """
     if binarize_mode not in BINARIZE_MODES:
         raise EvaluationError(f"binarize must be one of {BINARIZE_MODES}, got {binarize_mode!r}")
+    check_images(images)
+    check_count(batch_size, "batch_size")
     parallel = parallel or DataParallel.create()
     binarize_key, elbo_key, _ = evaluation_keys(key)
     targets = np.asarray(images, np.float32)

@@ -10,6 +10,7 @@ epoch run as one `lax.scan` has no steps to hook into: the loop checks its sums 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Callable, Iterator, Protocol
@@ -46,10 +47,16 @@ def require_finite(tree, what: str, step: int, steps_per_epoch: int, where: str)
     if all(bool(np.all(np.isfinite(leaf))) for leaf in leaves):
         return
     shown = f" ({float(leaves[0])})" if len(leaves) == 1 and np.size(leaves[0]) == 1 else ""
+    kept = (f"the last good checkpoint in {where} stays" if _holds_checkpoints(where)
+            else "there is no earlier checkpoint")
     raise NonFiniteLossError(
         f"{what}{shown} is not finite at step {step} (epoch "
-        f"{epoch_of_step(step, steps_per_epoch)}); stopped without saving it (the last good "
-        f"checkpoint in {where} stays)")
+        f"{epoch_of_step(step, steps_per_epoch)}); stopped without saving it ({kept})")
+
+
+def _holds_checkpoints(directory: str) -> bool:
+    """Whether a run's checkpoint directory holds a saved step."""
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 class FiniteLoss:

@@ -8,6 +8,7 @@ is a pure function of (key, epoch).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from vae_jax import native_output
 from vae_jax.errors import InputError
 from vae_jax.models import IMAGE_SIZE
 
@@ -34,17 +36,22 @@ def resolve_data_dir(data_dir: str | None) -> str:
         return os.path.abspath(os.path.expanduser(data_dir))
     if os.environ.get("TFDS_DATA_DIR"):
         return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
-    return os.path.expanduser(_import_tfds().core.constants.DATA_DIR)
+    return os.path.expanduser(import_tfds().core.constants.DATA_DIR)
 
 
-def _import_tfds():
+def import_tfds():
     """tensorflow_datasets, with TensorFlow quiet (errors only) and kept off any GPU (the
     GPU is JAX's). Imported here, when data is needed, not with the package: TensorFlow
     takes seconds to import, and sampling or plotting from saved variables never needs it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    tf.config.set_visible_devices([], "GPU")
+    try:
+        with native_output.filtered():
+            import tensorflow as tf
+            import tensorflow_datasets as tfds
+            tf.config.set_visible_devices([], "GPU")
+    except ImportError as error:
+        raise DatasetError(f"cannot import tensorflow-datasets, which reads the data: "
+                           f"{type(error).__name__}: {_first_line(error)}") from None
     return tfds
 
 
@@ -60,7 +67,13 @@ def load_split(name: str, split: str, data_dir: str | None = None, *, download: 
     """
     if not name.strip():
         raise DatasetError("the dataset name is empty")
-    tfds = _import_tfds()
+    with native_output.filtered():  # TensorFlow's log lines while it reads
+        return _load_split(name, split, data_dir, download, log)
+
+
+def _load_split(name: str, split: str, data_dir: str | None, download: bool,
+                log: Callable[[str], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    tfds = import_tfds()
     directory = resolve_data_dir(data_dir)
     builder = _builder(tfds, name, directory)
     if builder.is_prepared():
@@ -84,15 +97,21 @@ def load_split(name: str, split: str, data_dir: str | None = None, *, download: 
     except (ValueError, KeyError) as error:  # a split only a fresh download could check
         raise DatasetError(f"split {split!r} of dataset {name!r}: {_first_line(error)}"
                            ) from None
-    images, labels = [], []
+    images, labels, failure = [], [], None
+    batches = iter(tfds.as_numpy(dataset))
     try:
-        for batch in tfds.as_numpy(dataset):
+        for batch in batches:
             images.append(batch["image"])
             labels.append(batch["label"])
     except Exception as error:  # TensorFlow's errors for damaged files (DataLossError, ...)
+        failure = f"{type(error).__name__}: {_first_line(error)}"
+    # The iterator goes now, while TensorFlow's lines about it are still filtered, not
+    # when the traceback of the error below lets go of it.
+    del batches, dataset
+    gc.collect()
+    if failure:
         raise DatasetError(f"cannot read split {split!r} of dataset {name!r} in {directory}: "
-                           f"its files look damaged ({type(error).__name__}: "
-                           f"{_first_line(error)})") from None
+                           f"its files look damaged ({failure})")
     if not images:
         raise DatasetError(f"split {split!r} of dataset {name!r} in {directory} is empty")
     images = np.concatenate(images).astype(np.float32) / 255.0

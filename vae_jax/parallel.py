@@ -35,6 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vae_jax import native_output
 from vae_jax.errors import InputError
 
 DATA_AXIS = "data"
@@ -42,6 +43,9 @@ DATA_AXIS = "data"
 # JAX's own coordination service gets a longer one, so that the watchdog speaks first.
 PEER_TIMEOUT_SECONDS = 10
 HEARTBEAT_SECONDS = 1.0
+# JAX's own limit for the processes to join exceeds --distributed-timeout by this much, so
+# that `JoinDeadline` stops the process with one line before JAX aborts it.
+JOIN_GRACE_SECONDS = 5
 
 
 class DistributedError(InputError):
@@ -60,10 +64,13 @@ def cluster_detected() -> bool:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, force: bool = False,
-               timeout_seconds: int = 120) -> bool:
+               timeout_seconds: int = 120, prog: str | None = None) -> bool:
     """Starts `jax.distributed` when asked to (the three flags, or `force`) or when a
     cluster launched this process (`cluster_detected`); returns whether it did. Must run
-    before any other JAX call. Raises DistributedError in one line when it cannot start."""
+    before any other JAX call. Raises DistributedError in one line when it cannot start;
+    when the processes do not all join within `timeout_seconds`, ends the process with one
+    line (`PROG: error: ...`, `prog` defaulting to the script's name) and exit code 2."""
+    prog = prog or os.path.basename(sys.argv[0] or "vae-jax")
     given = [value is not None for value in (coordinator_address, num_processes, process_id)]
     if any(given) and not all(given):
         raise DistributedError("--coordinator-address, --num-processes and --process-id go "
@@ -75,16 +82,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if all(given) and not 0 <= process_id < num_processes:
         raise DistributedError(f"--process-id {process_id} must be in 0..{num_processes - 1} "
                                f"for --num-processes {num_processes}")
+    if coordinator_address is not None:
+        check_address(coordinator_address)
+    # JAX aborts the process with a C++ stack trace when the processes do not all join in
+    # time; `JoinDeadline` says so in one line and exits first (JAX's own limit is later).
+    deadline = JoinDeadline(prog, timeout_seconds, coordinator_address, num_processes,
+                            process_id)
     try:
         # When a process dies, the survivors stop with one line each (`is_lost_peer`, the
         # `Watchdog`) before the coordination service's heartbeat timeout, four times the
         # watchdog's, would abort them with stack traces. (The coordinator, process 0, is
         # the exception: when it dies, JAX's client aborts the others at once, with its own
         # message; no callback for that is open to Python.)
-        jax.distributed.initialize(
-            coordinator_address, num_processes, process_id,
-            initialization_timeout=timeout_seconds,
-            heartbeat_timeout_seconds=4 * PEER_TIMEOUT_SECONDS)
+        with deadline:
+            jax.distributed.initialize(
+                coordinator_address, num_processes, process_id,
+                initialization_timeout=timeout_seconds + JOIN_GRACE_SECONDS,
+                heartbeat_timeout_seconds=4 * PEER_TIMEOUT_SECONDS)
     except Exception as error:  # noqa: BLE001 - jax raises several types here
         raise DistributedError(f"jax.distributed could not start: {type(error).__name__}: "
                                f"{' '.join(str(error).split())[:300]}") from None
@@ -92,13 +106,63 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         # Process 0 alone prints; the others' stdout would only carry the collectives'
         # own chatter (gloo's "Rank 3 is connected to 3 peer ranks").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    elif jax.process_count() > 1:
+        native_output.python_only_stdout()  # process 0's lines, without gloo's
     if jax.process_count() > 1:
-        watchdog = Watchdog(prog=os.path.basename(sys.argv[0] or "vae-jax"))
+        watchdog = Watchdog(prog=prog)
         watchdog.start()
         # atexit runs the newest first: the watchdog stops before jax.distributed shuts
         # down, so that a normal end is not taken for a dead coordinator.
         atexit.register(watchdog.stop)
     return True
+
+
+def check_address(address: str) -> None:
+    """Raises DistributedError unless `address` reads HOST:PORT with a port in 1..65535."""
+    host, colon, port = address.strip().rpartition(":")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise DistributedError(f"--coordinator-address {address!r}: expected HOST:PORT, "
+                               "process 0's host name or IP address and a free port, e.g. "
+                               "10.0.0.1:12345")
+
+
+class JoinDeadline:
+    """While `jax.distributed.initialize` waits for the processes to join: after
+    `seconds`, ends this process with one line naming the address and the processes
+    waited for, and exit code 2 (a context manager; leaving it disarms the timer)."""
+
+    def __init__(self, prog: str, seconds: float, address: str | None, count: int | None,
+                 process: int | None):
+        self.prog, self.seconds, self.address = prog, seconds, address
+        self.count, self.process = count, process
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> "JoinDeadline":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.timer.cancel()
+
+    def message(self) -> str:
+        where = f" at {self.address}" if self.address else ""
+        if self.process is None or self.count is None:
+            return (f"jax.distributed: the processes of the run did not all join within "
+                    f"{self.seconds:g} s{where} (--distributed-timeout)")
+        if self.process == 0:
+            others = ("process 1, which did not join" if self.count == 2 else
+                      f"processes 1-{self.count - 1}, not all of which joined")
+            return (f"process 0 of {self.count} waited {self.seconds:g} s{where} for "
+                    f"{others}; start every process with the same "
+                    "--coordinator-address and --num-processes, or raise "
+                    "--distributed-timeout")
+        return (f"process {self.process} of {self.count} could not join the run{where} within "
+                f"{self.seconds:g} s: process 0 (the coordinator) is not there or not all "
+                "processes joined; start process 0 first, or raise --distributed-timeout")
+
+    def _expire(self) -> None:
+        exit_now(self.prog, self.message(), code=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +243,16 @@ class DataParallel:
         common = math.gcd(*sizes)
         counts = [str(count) for count in range(1, len(jax.devices()) + 1) if common % count == 0]
         suggestions = usable_batch_sizes(num_examples, batch_size, devices)
+        batch_sizes = (f"a --batch-size such as {' or '.join(map(str, suggestions))}"
+                       if suggestions else
+                       f"no --batch-size splits {num_examples} images over {devices} devices "
+                       f"({num_examples} is not a multiple of {devices})")
         raise InputError(
             f"--batch-size {batch_size} on {devices} devices: the batches of "
             f"{' and '.join(str(size) for size in sorted(sizes, reverse=True))} images "
             f"({num_examples} in all) cannot be split evenly; use --devices "
-            f"{' or '.join(counts)}, or a --batch-size such as "
-            f"{' or '.join(str(size) for size in suggestions)}")
+            f"{' or '.join(counts)}" + (f", or {batch_sizes}" if suggestions
+                                         else f": {batch_sizes}"))
 
     def gather(self, array: jax.Array) -> np.ndarray:
         """The whole of a (possibly split, possibly multi-process) array on this host."""

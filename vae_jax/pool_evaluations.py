@@ -26,6 +26,7 @@ import numpy as np
 from vae_jax import cli
 from vae_jax.errors import InputError
 from vae_jax.evaluate import format_bounds
+from vae_jax.workdir import refuse_json_constant
 
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
@@ -50,17 +51,18 @@ def pooled_mean_and_stderr(means, stderrs, sizes) -> tuple[float, float | None]:
     return mean, float(math.sqrt((within + between) / (total - 1) / total))
 
 
-def pool(parts: list[dict]) -> dict:
-    """One result for the union of the parts' images (dicts as `evaluate --json` prints)."""
+NEEDED = MUST_AGREE + sum(MEAN_AND_STDERR, ()) + WEIGHTED_MEANS + (
+    "split", "num_images", "seed", "seconds_iwae", "seconds")
+
+
+def pool(parts: list[dict], names: list[str] | None = None) -> dict:
+    """One result for the union of the parts' images (dicts as `evaluate --json` prints).
+    `names` (e.g. the files they came from) name the parts in errors."""
     if not parts:
         raise PoolingError("no results to pool")
-    needed = MUST_AGREE + sum(MEAN_AND_STDERR, ()) + WEIGHTED_MEANS + (
-        "split", "num_images", "seed", "seconds_iwae", "seconds")
-    for key in needed:
-        missing = [index for index, part in enumerate(parts) if key not in part]
-        if missing:
-            raise PoolingError(f"result {missing[0] + 1} has no {key!r}: is it the output of "
-                               "`python -m vae_jax.evaluate --json`?")
+    names = names or [f"result {index + 1}" for index in range(len(parts))]
+    for part, name in zip(parts, names):
+        check_part(part, name)
     for key in MUST_AGREE:
         values = sorted({str(part[key]) for part in parts})
         if len(values) > 1:
@@ -89,6 +91,52 @@ def pool(parts: list[dict]) -> dict:
     return pooled
 
 
+def check_part(part: dict, name: str) -> None:
+    """Raises PoolingError naming `name` and the field unless `part` has every field that
+    pooling reads, each of the type and range `evaluate --json` writes."""
+    for key in NEEDED:
+        if key not in part:
+            raise PoolingError(f"{name} has no {key!r}: is it the output of "
+                               "`python -m vae_jax.evaluate --json`?")
+
+    def refuse(key, expected):
+        raise PoolingError(f"{name}: {key!r} must be {expected}, got {part[key]!r:.60}")
+
+    if not _is_int(part["num_images"]) or part["num_images"] < 1:
+        refuse("num_images", "a positive integer")
+    if not _is_int(part["z_dim"]) or part["z_dim"] < 1:
+        refuse("z_dim", "a positive integer")
+    for key in ("neg_elbo", "nll_iwae", "reconstruction", "kl"):
+        if not _is_finite(part[key]):
+            refuse(key, "a finite number")
+    for key in ("neg_elbo_stderr", "nll_iwae_stderr"):  # none for a single image
+        value = part[key]
+        undefined = value is None or (part["num_images"] == 1 and isinstance(value, float)
+                                      and math.isnan(value))
+        if not (undefined or (_is_finite(value) and value >= 0)):
+            refuse(key, "a non-negative number or null")
+    for key in ("seconds_iwae", "seconds"):
+        if not (_is_finite(part[key]) and part[key] > 0):
+            refuse(key, "a positive number of seconds")
+    per_dim = part["kl_per_dim"]
+    if not (isinstance(per_dim, list) and len(per_dim) == part["z_dim"]
+            and all(_is_finite(value) for value in per_dim)):
+        refuse("kl_per_dim", f"a list of {part['z_dim']} numbers (z_dim)")
+    if not isinstance(part["split"], str) or not part["split"]:
+        refuse("split", "a split such as 'test[:1000]'")
+    if not _is_int(part["seed"]):
+        refuse("seed", "an integer")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def format_summary(pooled: dict) -> str:
     hours = pooled["seconds"] / 3600
     return "\n".join([
@@ -103,12 +151,15 @@ def format_summary(pooled: dict) -> str:
 def load_part(path: str) -> dict:
     try:
         with open(path) as file:
-            part = json.load(file)
+            part = json.load(file, parse_constant=refuse_json_constant)
     except OSError as error:
         raise PoolingError(f"cannot read {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise PoolingError(f"{path} is not JSON ({error.msg}, line {error.lineno}): "
                            "was its evaluation cut short?") from None
+    except (UnicodeDecodeError, ValueError):  # a binary file; NaN (not JSON)
+        raise PoolingError(f"{path} is not a JSON text file: is it the output of "
+                           "`python -m vae_jax.evaluate --json`?") from None
     if not isinstance(part, dict):
         raise PoolingError(f"{path} holds no JSON object")
     return part
@@ -125,7 +176,7 @@ def build_parser() -> cli.OneLineParser:
 
 
 def command(args: argparse.Namespace) -> None:
-    pooled = pool([load_part(path) for path in args.results])
+    pooled = pool([load_part(path) for path in args.results], names=args.results)
     print(json.dumps(pooled, allow_nan=False) if args.json else format_summary(pooled))
 
 

@@ -32,6 +32,8 @@ def sample_images(model: VAE, variables: dict, key: jax.Array, num: int,
     z ~ N(0, I) is drawn at once, (num, z_dim), and decoded `batch_size` at a time, so the
     decoder's memory does not grow with `num` (the result does not depend on `batch_size`).
     """
+    evaluate.check_count(num, "num")
+    evaluate.check_count(batch_size, "batch_size")
     z = np.asarray(jax.random.normal(key, (num, model.z_dim)))
     decode = evaluate.jitted_decoder(model)
     return np.concatenate([

@@ -76,11 +76,19 @@ _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "vae", "net")
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-    """numpy array from a numpy/JAX array or a torch tensor (duck-typed: torch not imported)."""
+def _to_numpy(value: Any, key: str) -> np.ndarray:
+    """numpy array from a numpy/JAX array or a torch tensor (duck-typed: torch not
+    imported); raises StateDictError naming `key` for anything else."""
     if hasattr(value, "detach"):
         value = value.detach().cpu()
-    return np.asarray(value, dtype=np.float32)
+    if isinstance(value, (Mapping, str, bytes)) or value is None:
+        raise StateDictError(f"{key!r} is not a tensor (got {type(value).__name__})")
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise StateDictError(f"{key!r} is not a tensor of numbers (got "
+                             f"{type(value).__name__}: {' '.join(str(error).split())[:100]})"
+                             ) from None
 
 
 class StateDictError(InputError):
@@ -105,7 +113,11 @@ def infer_z_dim(state_dict: Mapping[str, Any]) -> int:
     key = "decode.gen.0.0.weight"
     if key not in state_dict:
         raise StateDictError(f"missing key {key!r}: not a state dict of the course's VAE")
-    return int(np.shape(_to_numpy(state_dict[key]))[0])
+    shape = np.shape(_to_numpy(state_dict[key], key))
+    if len(shape) != 4:
+        raise StateDictError(f"wrong shape for {key!r}: a ConvTranspose2d weight has 4 axes, "
+                             f"got {shape}")
+    return int(shape[0])
 
 
 def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = None,
@@ -125,7 +137,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
         z_dim = found_z_dim
     elif found_z_dim != z_dim:
         raise StateDictError(f"state dict is for z_dim={found_z_dim} ('decode.gen.0.0.weight' has "
-                         f"shape {_to_numpy(state_dict['decode.gen.0.0.weight']).shape}), "
+                         f"shape {np.shape(state_dict['decode.gen.0.0.weight'])}), "
                          f"but z_dim={z_dim} was requested")
     shapes = _expected_shapes(z_dim, im_chan)
 
@@ -139,7 +151,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
             want = torch_shape(kind, suffix, jax_shape)
             if key not in state_dict:
                 raise StateDictError(f"missing key {key!r} (expected shape {want})")
-            value = _to_numpy(state_dict[key])
+            value = _to_numpy(state_dict[key], key)
             if value.shape != want:
                 raise StateDictError(
                     f"wrong shape for {key!r}: expected {want} "
@@ -148,8 +160,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], *, z_dim: int | None = 
                 value = value.transpose(_KERNEL_PERM[kind])
             variables[collection].setdefault(part, {}).setdefault(name, {})[leaf] = (
                 np.ascontiguousarray(value))
-    unexpected = sorted(k for k in state_dict
-                        if k not in expected_keys and not k.endswith(_IGNORED_SUFFIXES))
+    unexpected = sorted((k for k in state_dict if not isinstance(k, str) or (
+        k not in expected_keys and not k.endswith(_IGNORED_SUFFIXES))), key=str)
     if unexpected:
         raise StateDictError(f"unexpected key {unexpected[0]!r}"
                          + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
@@ -226,7 +238,8 @@ def command(args: argparse.Namespace) -> None:
     try:
         z_dim = infer_z_dim(state_dict)
         conv1 = state_dict.get("encode.disc.0.0.weight")
-        im_chan = int(np.shape(_to_numpy(conv1))[1]) if conv1 is not None else 1
+        im_chan = (int(np.shape(_to_numpy(conv1, "encode.disc.0.0.weight"))[1])
+                   if conv1 is not None else 1)
         variables = from_torch_state_dict(state_dict, z_dim=z_dim, im_chan=im_chan)
     except (ValueError, IndexError) as error:
         raise InputError(f"{args.model}: {error}") from None

@@ -46,7 +46,8 @@ from vae_jax.writers import EpochPictures, EpochWriter
 NUM_RECONSTRUCTIONS = 25  # test images shown beside their reconstructions each epoch
 NUM_SAMPLES = 64          # prior samples drawn each epoch (the same z every epoch)
 # What a run writes into its workdir, besides the epochs' PNG files.
-RUN_OUTPUTS = (CHECKPOINTS_DIR, QUARANTINE_DIR, TENSORBOARD_DIR, METRICS_FILE, CONFIG_FILE)
+RUN_DIRECTORIES = (CHECKPOINTS_DIR, QUARANTINE_DIR, TENSORBOARD_DIR)
+RUN_OUTPUTS = (*RUN_DIRECTORIES, METRICS_FILE, CONFIG_FILE)
 
 
 def resolve_epoch_mode(epoch_mode: EpochMode) -> str:
@@ -99,6 +100,12 @@ def check_workdir(workdir: str) -> None:
     `workdir` does not hold variables saved by `save_variables` (whose config.json the run
     would overwrite)."""
     require_writable(workdir, RUN_OUTPUTS)
+    for name in RUN_OUTPUTS:
+        path = os.path.join(workdir, name)
+        wanted = "directory" if name in RUN_DIRECTORIES else "file"
+        if os.path.lexists(path) and os.path.isdir(path) != (wanted == "directory"):
+            raise InputError(f"--workdir {workdir}: {path} is not a {wanted}, as a run needs "
+                             "it to be; move it away, or choose another --workdir")
     if holds_saved_variables(workdir):
         raise InputError(f"--workdir {workdir} holds saved variables (e.g. imported by "
                          "vae_jax.torch_port), not a training run; train in another --workdir")

@@ -54,6 +54,9 @@ def require_writable(workdir: str, names: tuple[str, ...] = (), flag: str = "--w
     directory above it) is a writable directory, and so is each of `names` inside it that
     already exists."""
     check_name(workdir, flag)
+    if os.path.islink(workdir) and not os.path.exists(workdir):
+        raise InputError(f"{flag} {workdir} is a symbolic link to {os.readlink(workdir)}, "
+                         "which does not exist")
     existing = os.path.abspath(workdir)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

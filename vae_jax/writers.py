@@ -58,8 +58,8 @@ class EpochWriter:
     """Writes each epoch's record and pictures into `workdir`; a context manager.
 
     `completed_epochs`: the epochs the run has already finished; later lines of an existing
-    metrics.jsonl are dropped (a resumed run redoes those epochs). Not `enabled`, it writes
-    nothing (every process of a run but the first).
+    metrics.jsonl are dropped (a resumed run redoes those epochs) when the first record is
+    written. Not `enabled`, it writes nothing (every process of a run but the first).
     """
 
     def __init__(self, workdir: str, *, completed_epochs: int,
@@ -69,12 +69,11 @@ class EpochWriter:
         if not enabled:  # a process other than the one that writes (vae_jax.parallel)
             return
         self.metrics_path = os.path.join(workdir, METRICS_FILE)
-        kept = [record for record in (read_metrics(self.metrics_path, warn=log)
-                                      if os.path.exists(self.metrics_path) else [])
-                if record["epoch"] <= completed_epochs]
-        with open(self.metrics_path + ".tmp", "w", encoding="utf-8") as file:
-            file.writelines(_json_line(record) for record in kept)
-        os.replace(self.metrics_path + ".tmp", self.metrics_path)
+        # Rewritten at the first epoch's record, not before: a run that stops before it has
+        # an epoch to record leaves the earlier run's metrics.jsonl as it was.
+        self._kept = [record for record in (read_metrics(self.metrics_path, warn=log)
+                                            if os.path.exists(self.metrics_path) else [])
+                      if record["epoch"] <= completed_epochs]
         self.tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
     def __enter__(self) -> "EpochWriter":
@@ -87,6 +86,11 @@ class EpochWriter:
         if not self.enabled:
             return
         epoch = record["epoch"]
+        if self._kept is not None:  # the first record: drop the epochs being redone
+            with open(self.metrics_path + ".tmp", "w", encoding="utf-8") as file:
+                file.writelines(_json_line(kept) for kept in self._kept)
+            os.replace(self.metrics_path + ".tmp", self.metrics_path)
+            self._kept = None
         with open(self.metrics_path, "a", encoding="utf-8") as file:
             file.write(_json_line(record))
         mosaics = self._write_pngs(epoch, pictures)
