@@ -1,4 +1,11 @@
-"""Shared fixtures: a small batch of images, the model and its variables, built once.
+"""Shared fixtures (a small batch of images, the model and its variables, built once) and
+the suite's two tiers.
+
+Tiers: `python -m pytest -q` runs the fast tier, the tests a change most often breaks;
+the tests marked `@pytest.mark.slow(reason=...)` (subprocesses with signals and SIGKILL,
+fault injection, many devices and processes, the notebook, real MNIST, the GPU benchmark
+script) are left out, and the summary says so. `python -m pytest -q --slow` runs both
+tiers, `-m slow` the slow one alone.
 
 The session shares one persistent XLA compilation cache with every process it starts
 (the environment is inherited): the tests' many training subprocesses compile the same
@@ -21,6 +28,27 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="run every tier: the fast default and the tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leaves the slow tier out unless --slow (or a -m expression) asks for it."""
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not (config.getoption("--slow") or config.getoption("markexpr")):
+        terminalreporter.write_line("fast tier: the tests marked slow were left out; "
+                                    "`python -m pytest -q --slow` runs every tier")
 
 
 @pytest.fixture(scope="session")

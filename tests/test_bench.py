@@ -23,6 +23,7 @@ def json_report(capsys, *args) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow(reason="times the step against the floor")
 def test_json_report_has_the_fields(capsys):
     report = json_report(capsys, "--batch-size", "8", "--steps", "2", "--floor-size", "128")
     assert report["backend"] == "cpu"
@@ -45,6 +46,7 @@ def test_json_report_has_the_fields(capsys):
     assert isinstance(report["huge_pages"], bool)
 
 
+@pytest.mark.slow(reason="times the training step")
 def test_default_output_is_a_summary_line(capsys):
     status, out, err = run_bench(capsys, "--batch-size", "4", "--steps", "1", "--warmup", "0",
                                  "--implementation", "xla", "--floor-size", "0")
@@ -121,6 +123,7 @@ def test_options_of_training_alone_are_refused_in_other_modes(capsys, flags, nam
     assert len(err.strip().splitlines()) == 1 and names in err
 
 
+@pytest.mark.slow(reason="times the IWAE decoder")
 def test_iwae_mode_reports_decodes_the_floor_and_the_k5000_projection(capsys):
     report = json_report(capsys, "--mode", "iwae", "--batch-size", "4", "--iwae-samples", "6",
                          "--steps", "2", "--warmup", "1", "--floor-size", "128")
@@ -138,6 +141,7 @@ def test_iwae_mode_reports_decodes_the_floor_and_the_k5000_projection(capsys):
     assert report["peak_memory_bytes"] > 0
 
 
+@pytest.mark.slow(reason="compiles and times the scan epoch")
 def test_epoch_mode_times_the_scan_epoch_over_synthetic_images(capsys):
     report = json_report(capsys, "--mode", "epoch", "--num-images", "48", "--batch-size", "16",
                          "--steps", "1", "--warmup", "0", "--floor-size", "0")
@@ -146,6 +150,7 @@ def test_epoch_mode_times_the_scan_epoch_over_synthetic_images(capsys):
     assert "matmul_gflops" not in report  # --floor-size 0
 
 
+@pytest.mark.slow(reason="profiles a compiled step")
 def test_breakdown_names_the_layers_and_passes(capsys):
     # Batch 64: at 8, encoder/conv1's passes took about 0.05 ms, where the table stops.
     status, out, err = run_bench(capsys, "--batch-size", "64", "--steps", "1", "--warmup", "1",

@@ -61,6 +61,7 @@ def test_checkpoint_holds_the_whole_train_state(uninterrupted):
                                 jax.tree.map(np.asarray, trees["variables"]))
 
 
+@pytest.mark.slow(reason="a training subprocess, SIGKILLed")
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_path):
     workdir = tmp_path / "killed"
     child = start_child(workdir, "--checkpoint-every", "1")
@@ -80,6 +81,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_p
     assert losses == expected_losses
 
 
+@pytest.mark.slow(reason="a training subprocess, signalled")
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code):
     workdir = tmp_path / "signalled"
@@ -94,6 +96,7 @@ def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code
     assert stopped_at in [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
 
 
+@pytest.mark.slow(reason="fault injection: trains until the NaN")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_make_train_step = train.make_train_step
 
@@ -211,3 +214,16 @@ def test_unwritable_workdir_is_refused(tmp_path, capsys):
 ])
 def test_unreadable_checkpoint_warnings_keep_the_first_readable_words(message, expected):
     assert checkpoints.error_line(ValueError(message)) == expected
+
+
+def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
+    """A huge learning rate that diverges in the first epoch: no 'last good checkpoint
+    stays' when there is none."""
+    from vae_jax import hooks
+    where = str(tmp_path / "checkpoints")
+    with pytest.raises(NonFiniteLossError, match=r"\(there is no earlier checkpoint\)$"):
+        hooks.require_finite(np.float32(np.nan), "the training loss", 2, 3, where)
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    with pytest.raises(NonFiniteLossError, match=rf"\(the last good checkpoint in {where} "
+                                                 r"stays\)$"):
+        hooks.require_finite(np.float32(np.nan), "the training loss", 5, 3, where)

@@ -183,6 +183,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow(reason="fault injection: ten kinds of damage, each restored")
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_used(
         uninterrupted, tmp_path, damage):
@@ -211,6 +212,7 @@ def checkpoints_at(workdir, step):
     return {item: restored[item] for item in items}
 
 
+@pytest.mark.slow(reason="fault injection: trains past each damage")
 @pytest.mark.parametrize("damage", ["a flipped bit in the variables",
                                     "other values under the same digests",
                                     "a flipped bit and no digest record",
@@ -224,6 +226,7 @@ def test_training_resumes_past_a_damaged_checkpoint_exactly(uninterrupted, tmp_p
     chex.assert_trees_all_equal(full_state(workdir), full_state(uninterrupted))
 
 
+@pytest.mark.slow(reason="fault injection: evaluates")
 def test_evaluate_uses_the_previous_checkpoint_of_a_damaged_run(uninterrupted, tmp_path,
                                                                 capsys):
     workdir = tmp_path / "run"
@@ -292,6 +295,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_says_so(uninterrupted, tmp_path
 
 # --- 2. one run per workdir ----------------------------------------------------------------
 
+@pytest.mark.slow(reason="trains once the lock is free")
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(data_dir, tmp_path,
                                                                       capsys):
     workdir = tmp_path / "run"
@@ -304,6 +308,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(data_dir, t
     assert status == 0, lines  # released when the holder ended
 
 
+@pytest.mark.slow(reason="a subprocess, SIGKILLed")
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     """SIGKILL a process that holds the lock: the next one gets it at once."""
     holder = subprocess.Popen(
@@ -409,6 +414,7 @@ def test_a_run_with_a_damaged_config_json_is_not_resumed(uninterrupted, tmp_path
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow(reason="fault injection: trains past each damage")
 @pytest.mark.parametrize("last_line", ['{"epoch": 3, "step": 9, "train_lo',
                                        "\x00\x00\x00", '{"epoch": 3, "test_loss": NaN}'])
 def test_a_half_written_metrics_line_is_dropped_on_resume(uninterrupted, tmp_path, last_line):
@@ -456,6 +462,7 @@ def test_sample_refuses_a_grid_too_large_and_samples_in_batches(tmp_path, capsys
                                 sample.sample_images(model, variables, key, 7), atol=1e-6)
 
 
+@pytest.mark.slow(reason="mounts a small disk and fills it")
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path,
                                                                               capsys):
     with small_disk(tmp_path / "disk", 12) as disk:
@@ -542,6 +549,7 @@ def test_importing_into_an_unwritable_directory_is_one_line_and_quick(tmp_path, 
 
 # --- 4. a non-finite number is never written ---------------------------------------------------
 
+@pytest.mark.slow(reason="fault injection: trains until the NaN")
 def test_a_non_finite_test_loss_stops_before_anything_is_written(data_dir, tmp_path, capsys,
                                                                   monkeypatch):
     real_neg_elbo = evaluate.neg_elbo
@@ -575,6 +583,7 @@ def test_evaluate_json_is_valid_json_for_one_image(tmp_path, capsys):
 
 # --- 5. quieter, truer output ------------------------------------------------------------------
 
+@pytest.mark.slow(reason="a subprocess reading damaged files")
 def test_a_damaged_checkpoint_prints_one_warning_and_no_tracebacks(uninterrupted, data_dir,
                                                                    tmp_path):
     """The user's terminal, in a real process: a working fallback does not look like a
@@ -593,6 +602,7 @@ def test_a_damaged_checkpoint_prints_one_warning_and_no_tracebacks(uninterrupted
     assert "checkpoints/9 is unreadable" in warning and "restore_newest" in source_line
 
 
+@pytest.mark.slow(reason="trains, then evaluates")
 def test_evaluate_defaults_to_the_runs_dataset(data_dir, tmp_path, capsys):
     workdir = tmp_path / "run"
     assert run(capsys, train.main, *dummy_flags(data_dir, workdir, "--test-split",
@@ -640,6 +650,7 @@ def test_a_step_quarantined_twice_keeps_both_copies(uninterrupted, tmp_path):
     assert sorted(os.listdir(workdir / "unreadable_checkpoints")) == ["9", "9-2"]
 
 
+@pytest.mark.slow(reason="trains again")
 def test_fresh_overwrite_leaves_nothing_of_the_old_run(uninterrupted, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)

@@ -95,6 +95,7 @@ def run_train(site_dir, data_dir, workdir, *extra):
         capture_output=True, text=True, env=environment(site_dir), timeout=600)
 
 
+@pytest.mark.slow(reason="a training subprocess")
 def test_train_py_shows_only_its_own_lines_under_a_noisy_tensorflow(tmp_path, data_dir):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NOISY_SITECUSTOMIZE)

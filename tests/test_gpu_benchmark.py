@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO_ROOT
 
 
+@pytest.mark.slow(reason="every benchmark row, in a subprocess")
 def test_quick_run_on_the_cpu_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

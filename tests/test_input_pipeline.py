@@ -46,6 +46,7 @@ def test_batches_cover_every_example_once():
     np.testing.assert_array_equal(covered, np.arange(60_000))
 
 
+@pytest.mark.slow(reason="real MNIST")
 @requires_real_mnist
 def test_real_mnist_from_the_data_dir():
     images, labels = input_pipeline.load_split("mnist", "train", real_mnist_dir(),

@@ -76,6 +76,7 @@ def test_iwae_equals_exact_likelihood_when_q_is_the_prior(toy):
         np.testing.assert_allclose(estimate, truth, rtol=1e-6)
 
 
+@pytest.mark.slow(reason="a convergence check over many importance samples")
 def test_iwae_converges_to_exact_likelihood_with_a_mismatched_q(toy):
     """z-independent decoder, q != p(z): log p(x) = -BCE exactly; the IWAE estimate is a
     lower bound in expectation that converges to it as K grows."""

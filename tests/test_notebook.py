@@ -67,6 +67,7 @@ def test_committed_notebook_keeps_the_outputs_of_a_full_run():
     assert len(_outputs(notebook, "image/png")) == 5 + FIGURES
 
 
+@pytest.mark.slow(reason="executes the notebook in a kernel")
 def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
     text = "".join(output.get("text", "") for cell in executed.cells
                    if cell.cell_type == "code" for output in cell.outputs)
@@ -83,6 +84,7 @@ def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
     assert len(_outputs(executed, "image/png")) == 1 + FIGURES
 
 
+@pytest.mark.slow(reason="executes the notebook in a kernel")
 def test_the_notebook_shows_no_native_log_lines(executed):
     """What the kernel's native code writes to its stderr reaches the page (ipykernel
     forwards it): TensorFlow's notices must not, its errors must."""

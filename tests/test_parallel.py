@@ -97,6 +97,7 @@ def assert_trained_alike(workdir, expected_workdir, learning_rate=2e-3):
         (expected["train_state"]["step"], expected["train_state"]["key"]))
 
 
+@pytest.mark.slow(reason="a process with 8 fake devices, compiled for both meshes")
 def test_eight_devices_compute_what_one_does(tmp_path):
     """A step, two epochs of each mode and an evaluation: on 8 devices (split batches,
     replicated state, checked by the worker) as on one, within float32 rounding."""
@@ -116,6 +117,7 @@ def test_eight_devices_compute_what_one_does(tmp_path):
     assert moved > 10 * 1e-5, "training must move the weights for the comparison to mean much"
 
 
+@pytest.mark.slow(reason="trains in a process with 8 fake devices")
 def test_a_checkpoint_moves_between_one_and_eight_devices(uninterrupted, tmp_path):
     """Epoch 1 on one device, epoch 2 on eight, epoch 3 on one again: the run ends where
     the run that never moved ends."""
@@ -131,6 +133,7 @@ def test_a_checkpoint_moves_between_one_and_eight_devices(uninterrupted, tmp_pat
     assert_trained_alike(workdir, uninterrupted)
 
 
+@pytest.mark.slow(reason="a process with 3 fake devices")
 def test_batches_that_do_not_split_evenly_are_refused_naming_what_would(tmp_path):
     result = worker("train", *RUN_FLAGS, "--workdir", tmp_path / "run", "--data-dir",
                     tmp_path / "data", devices=3)
@@ -141,6 +144,7 @@ def test_batches_that_do_not_split_evenly_are_refused_naming_what_would(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow(reason="two processes through jax.distributed, three times")
 def test_two_processes_train_resume_and_evaluate_like_one(uninterrupted, tmp_path, capsys):
     """Two epochs as two processes (4 devices), then the third, then an evaluation: the
     same weights and numbers as one process; process 0 alone prints and writes."""
@@ -167,6 +171,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(uninterrupted, tmp_pat
         np.testing.assert_allclose(two[name], one[name], rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow(reason="two processes, then a signal")
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     workdir = tmp_path / "signalled"
     processes = two_processes(workdir, "--epochs", "100")
@@ -180,6 +185,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
     assert steps.pop() in os.listdir(workdir / "checkpoints")
 
 
+@pytest.mark.slow(reason="two processes, then SIGKILL")
 def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
     workdir = tmp_path / "killed"
     processes = two_processes(workdir, "--epochs", "100")
@@ -205,6 +211,7 @@ def wait_for_epoch(workdir, epoch, processes, timeout=300):
     raise AssertionError(f"epoch {epoch} did not come")
 
 
+@pytest.mark.slow(reason="a process that waits for a peer that never comes")
 def test_a_run_whose_processes_never_join_ends_with_one_line(tmp_path):
     """Process 0 of 2 started alone: one line naming the address and the process waited
     for, exit code 2, instead of JAX's SIGABRT with a C++ stack trace."""

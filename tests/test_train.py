@@ -56,6 +56,7 @@ def test_run_keys_are_distinct():
     assert len(set(data)) == len(data)
 
 
+@pytest.mark.slow(reason="runs the step op by op, without jit")
 class TrainStepTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
@@ -152,6 +153,7 @@ def two_step_epochs(sgd_state, epoch_images):
     return results
 
 
+@pytest.mark.slow(reason="compiles the whole epoch as one lax.scan")
 def test_scan_epoch_equals_the_step_loop(sgd_state, epoch_images, two_step_epochs):
     epoch_fn = steps.make_train_epoch(batch_size=8, max_traces=1)
     state = sgd_state()
@@ -194,6 +196,7 @@ def test_test_loss_averages_per_image(fresh_state, images):
     np.testing.assert_allclose(split["kl"], whole["kl"], rtol=1e-5)
 
 
+@pytest.mark.slow(reason="compiles the training step with dynamic binarization")
 def test_dynamic_binarization_trains_on_binary_draws(fresh_state, images):
     state = fresh_state()
     step = jax.jit(steps.train_step, static_argnums=2)
@@ -220,6 +223,7 @@ def test_dynamic_binarization_keeps_binary_images(fresh_state):
     assert not np.allclose(kl(gray_images, "dynamic"), kl(gray_images, "none"), rtol=1e-3)
 
 
+@pytest.mark.slow(reason="compiles three variants of the step")
 def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone(
         sgd_state, images):
     state = sgd_state()
@@ -250,6 +254,7 @@ def test_a_kl_warm_up_counts_epochs_in_steps():
     assert train.kl_schedule(TrainConfig(), 40) == losses.KLSchedule(1.0, 0)
 
 
+@pytest.mark.slow(reason="compiles the step loop and the scan epoch with a warm-up")
 def test_the_scan_epoch_warms_the_kl_weight_up_like_the_step_loop(sgd_state, epoch_images):
     warm_up = losses.KLSchedule(weight=2.0, warmup_steps=4)
     key = jax.random.key(7)

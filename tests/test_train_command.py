@@ -152,6 +152,7 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow(reason="trains the command in both epoch modes")
 def test_a_run_compiles_its_step_twice_and_its_scan_once(tmp_path, monkeypatch):
     """A run's steps compile once per batch shape (the full batch and the last, smaller one),
     and a scan epoch once for every epoch."""
@@ -167,6 +168,7 @@ def test_a_run_compiles_its_step_twice_and_its_scan_once(tmp_path, monkeypatch):
             assert status == 0
 
 
+@pytest.mark.slow(reason="real MNIST")
 @requires_real_mnist
 def test_real_mnist_short_run_learns(tmp_path):
     status = train.main(["--epochs", "2", "--batch-size", "256", "--train-split", "train[:4096]",
