@@ -30,29 +30,19 @@ def run_command(module_name: str, default_prog: str) -> int:
     return main()
 
 
-def train() -> int:
-    return run_command("vae_jax.train", "train.py")
+def entry_point(module_name: str, default_prog: str):
+    """A console script's function: `run_command(module_name, default_prog)`."""
+    def main() -> int:
+        return run_command(module_name, default_prog)
+    main.__name__ = module_name.rsplit(".", 1)[1]
+    return main
 
 
-def evaluate() -> int:
-    return run_command("vae_jax.evaluate", "python -m vae_jax.evaluate")
-
-
-def sample() -> int:
-    return run_command("vae_jax.sample", "python -m vae_jax.sample")
-
-
-def plots() -> int:
-    return run_command("vae_jax.plots", "python -m vae_jax.plots")
-
-
-def pool_evaluations() -> int:
-    return run_command("vae_jax.pool_evaluations", "python -m vae_jax.pool_evaluations")
-
-
-def bench() -> int:
-    return run_command("vae_jax.bench", "python -m vae_jax.bench")
-
-
-def torch_port() -> int:
-    return run_command("vae_jax.torch_port", "python -m vae_jax.torch_port")
+# The `vae-jax-*` console scripts (pyproject.toml), one per command module.
+train = entry_point("vae_jax.train", "train.py")
+evaluate = entry_point("vae_jax.evaluate", "python -m vae_jax.evaluate")
+sample = entry_point("vae_jax.sample", "python -m vae_jax.sample")
+plots = entry_point("vae_jax.plots", "python -m vae_jax.plots")
+pool_evaluations = entry_point("vae_jax.pool_evaluations", "python -m vae_jax.pool_evaluations")
+bench = entry_point("vae_jax.bench", "python -m vae_jax.bench")
+torch_port = entry_point("vae_jax.torch_port", "python -m vae_jax.torch_port")
