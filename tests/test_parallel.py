@@ -246,8 +246,8 @@ def test_no_batch_size_fits_when_the_images_do_not_divide_among_the_devices():
     with pytest.raises(ValueError) as refused:
         parallel.check_batches(20, 8)
     assert str(refused.value).endswith(
-        "cannot be split evenly; use --devices 1: no --batch-size splits 20 images over 3 "
-        "devices (20 is not a multiple of 3)")
+        "cannot be split evenly; use --devices 1 (no --batch-size splits 20 images over 3 "
+        "devices: 20 is not a multiple of 3)")
 
 
 @pytest.mark.parametrize("num_examples, batch_size, devices, expected", [

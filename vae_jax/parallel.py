@@ -243,16 +243,15 @@ class DataParallel:
         common = math.gcd(*sizes)
         counts = [str(count) for count in range(1, len(jax.devices()) + 1) if common % count == 0]
         suggestions = usable_batch_sizes(num_examples, batch_size, devices)
-        batch_sizes = (f"a --batch-size such as {' or '.join(map(str, suggestions))}"
+        batch_sizes = (f", or a --batch-size such as {' or '.join(map(str, suggestions))}"
                        if suggestions else
-                       f"no --batch-size splits {num_examples} images over {devices} devices "
-                       f"({num_examples} is not a multiple of {devices})")
+                       f" (no --batch-size splits {num_examples} images over {devices} "
+                       f"devices: {num_examples} is not a multiple of {devices})")
         raise InputError(
             f"--batch-size {batch_size} on {devices} devices: the batches of "
             f"{' and '.join(str(size) for size in sorted(sizes, reverse=True))} images "
             f"({num_examples} in all) cannot be split evenly; use --devices "
-            f"{' or '.join(counts)}" + (f", or {batch_sizes}" if suggestions
-                                         else f": {batch_sizes}"))
+            f"{' or '.join(counts)}{batch_sizes}")
 
     def gather(self, array: jax.Array) -> np.ndarray:
         """The whole of a (possibly split, possibly multi-process) array on this host."""
