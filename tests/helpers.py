@@ -1,6 +1,11 @@
-"""What several test modules share: paths, the test configuration, and saved models."""
+"""What several test modules share: paths, the test configuration, saved models, and the
+worker processes of the device and process tests."""
 
+import json
 import os
+import socket
+import subprocess
+import sys
 
 import chex
 import jax
@@ -164,3 +169,54 @@ def assert_same_value_and_grads(actual, expected, **tolerance):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=name,
                                    **(tolerance or CONV_TOLERANCE))
+
+
+# --- other processes: fake devices and jax.distributed (tests/devices_worker.py) ---------
+
+def worker(*args, devices, wait=True, **popen):
+    """`python -m tests.devices_worker ARGS` with `devices` fake CPU devices."""
+    command = [sys.executable, "-m", "tests.devices_worker", *map(str, args)]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices)}
+    if wait:
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def assert_trained_alike(workdir, expected_workdir, learning_rate=2e-3):
+    """Two Adam runs agree as far as float32 rounding lets them: the train losses of every
+    epoch, and the newest checkpoints' params, BatchNorm running variances, step and key.
+
+    Adam divides each step by the gradient's own size, so where a gradient is tiny a
+    rounding difference (a sum taken over devices in another order) becomes a difference
+    of up to the learning rate per step (README, "What the parity tests guarantee"). So
+    each weight may differ by at most a learning rate per step taken, and at most 1% of
+    them by more than half of one: a wrong split of the data would move most of them.
+    Left out: the biases of the convolutions before a BatchNorm, whose gradient is all
+    rounding (tests/helpers.py), and the running means, which carry those biases along.
+    """
+    losses = [[json.loads(line)["train_loss"] for line in open(directory / "metrics.jsonl")]
+              for directory in (workdir, expected_workdir)]
+    np.testing.assert_allclose(*losses, rtol=2e-4)  # 5e-5 seen after 9 steps, 4 devices
+    (step, trees), (expected_step, expected) = full_state(workdir), full_state(expected_workdir)
+    assert step == expected_step
+
+    def compared(variables):
+        return jax.tree.leaves((without_pre_batchnorm_biases(variables["params"]),
+                                [stats["var"] for stats in jax.tree.leaves(
+                                    variables["batch_stats"], is_leaf=lambda n: "var" in n)]))
+
+    differences = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        compared(trees["variables"]), compared(expected["variables"]))])
+    assert differences.max() <= step * learning_rate
+    assert np.mean(differences > learning_rate / 2) < 0.01
+    chex.assert_trees_all_equal(
+        (trees["train_state"]["step"], trees["train_state"]["key"]),
+        (expected["train_state"]["step"], expected["train_state"]["key"]))
