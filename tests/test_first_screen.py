@@ -162,3 +162,17 @@ def test_filtered_restores_descriptor_2_when_its_body_raises(capfd):
 ])
 def test_error_lines_are_told_from_notices(line, error):
     assert native_output.is_error_line(line) is error
+
+
+def test_a_logging_handler_made_during_the_capture_keeps_working_after_it():
+    """TensorFlow makes its logger's handler on `sys.stderr` while it loads, that is, on
+    the stand-in stream: that stream must still reach the screen afterwards."""
+    child = ("import logging, os, sys\nfrom vae_jax import native_output\n"
+             "with native_output.filtered():\n"
+             "    os.write(2, b'I0000 00:00:1.0 1 port.cc:153] oneDNN notice\\n')\n"
+             "    logging.getLogger('made_inside').addHandler(logging.StreamHandler(sys.stderr))\n"
+             "logging.getLogger('made_inside').warning('a warning after the capture')\n"
+             "print('ours', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", child], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "a warning after the capture\nours\n")

@@ -49,7 +49,7 @@ def filtered(stream=None) -> Iterator[None]:
     its error lines (`is_error_line`) are written to `stream` (default: `sys.stderr`) and the
     rest dropped. Python's `sys.stderr` keeps reaching the real descriptor 2 meanwhile.
 
-    Nests (an inner capture's error lines go to the outer one) and does nothing where
+    Nests (an inner capture's error lines reach the screen) and does nothing where
     descriptor 2 cannot be redirected.
     """
     for open_stream in (sys.stdout, sys.stderr):
@@ -63,18 +63,12 @@ def filtered(stream=None) -> Iterator[None]:
     python_stderr = sys.stderr
     capture = tempfile.TemporaryFile()
     try:
-        os.dup2(capture.fileno(), STDERR_FD)
         if _writes_to_descriptor(python_stderr):
-            sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0),
-                                          encoding=getattr(python_stderr, "encoding", None),
-                                          errors="backslashreplace", line_buffering=True,
-                                          write_through=True)
+            sys.stderr = _stream_to(saved, python_stderr)
+        os.dup2(capture.fileno(), STDERR_FD)
         yield
     finally:
-        if sys.stderr is not python_stderr:
-            with contextlib.suppress(Exception):
-                sys.stderr.close()
-            sys.stderr = python_stderr
+        sys.stderr = python_stderr
         os.dup2(saved, STDERR_FD)
         os.close(saved)
         capture.seek(0)
@@ -100,6 +94,23 @@ def python_only_stdout() -> bool:
                                   encoding=sys.stdout.encoding, errors=sys.stdout.errors,
                                   line_buffering=True, write_through=True)
     return True
+
+
+_streams: dict[tuple[int, int], io.TextIOWrapper] = {}
+
+
+def _stream_to(descriptor: int, like) -> io.TextIOWrapper:
+    """A text stream on a duplicate of `descriptor` (encoded like the stream `like`), one
+    per file it leads to. Never closed: a logging handler made while it stood in for
+    `sys.stderr` (TensorFlow makes one when it loads) keeps writing to it afterwards."""
+    status = os.fstat(descriptor)
+    target = (status.st_dev, status.st_ino)
+    if target not in _streams:
+        _streams[target] = io.TextIOWrapper(
+            os.fdopen(os.dup(descriptor), "wb", buffering=0),
+            encoding=getattr(like, "encoding", None), errors="backslashreplace",
+            line_buffering=True, write_through=True)
+    return _streams[target]
 
 
 def _writes_to_descriptor(stream, descriptor: int = STDERR_FD) -> bool:
