@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 
 from vae_jax import digests
 from vae_jax.binarize import BINARIZE_MODES
-from vae_jax.config import TrainConfig, read_config_file, write_config_file
+from vae_jax.config import TrainConfig, is_positive_int, read_config_file, write_config_file
 from vae_jax.errors import InputError
 from vae_jax.losses import METRIC_NAMES
 from vae_jax.parallel import is_main_process
@@ -202,8 +202,7 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
                                   f"and there is no config.json") from None
     config.setdefault("im_chan", 1)
     for key in ("z_dim", "im_chan"):
-        if not (isinstance(config[key], int) and not isinstance(config[key], bool)
-                and config[key] > 0):
+        if not is_positive_int(config[key]):
             raise CheckpointError(f"{os.path.join(workdir, CONFIG_FILE)} is damaged: {key} "
                                   f"must be a positive integer, got {config[key]!r}")
     model = VAE(z_dim=config["z_dim"], im_chan=config["im_chan"])

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import typing
 from typing import Any, Literal, Mapping
@@ -26,6 +27,11 @@ from vae_jax.workdir import CONFIG_FILE, refuse_json_constant
 EpochMode = Literal["auto", "steps", "scan"]
 MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
 NON_NEGATIVE = "must be a finite number >= 0"  # how a `non_negative` setting is refused
+
+
+def is_positive_int(value) -> bool:
+    """An integer (Python's or numpy's, not a bool) > 0: a count, or z_dim in a file."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def is_non_negative(value) -> bool:

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from vae_jax import cli, iwae, losses, metrics
 from vae_jax.binarize import BINARIZE_MODES, binarize
 from vae_jax.checkpoints import load_model
+from vae_jax.config import is_positive_int
 from vae_jax.errors import InputError
 from vae_jax.input_pipeline import load_split
 from vae_jax.models import VAE, variable_shapes
@@ -61,7 +62,7 @@ class EvaluationError(InputError):
 
 def check_count(value, name: str) -> None:
     """Raises EvaluationError unless `value` (named `name`) is a positive integer."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    if not is_positive_int(value):
         raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
 
 

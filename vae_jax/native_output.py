@@ -120,10 +120,3 @@ def _writes_to_descriptor(stream, descriptor: int = STDERR_FD) -> bool:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return False
 
-
-def quiet_import(module_name: str):
-    """`importlib.import_module(module_name)` with its native log lines `filtered()`."""
-    import importlib
-
-    with filtered():
-        return importlib.import_module(module_name)

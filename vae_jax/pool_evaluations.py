@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from vae_jax import cli
+from vae_jax.config import is_positive_int
 from vae_jax.errors import InputError
 from vae_jax.evaluate import format_bounds
 from vae_jax.workdir import refuse_json_constant
@@ -102,10 +103,9 @@ def check_part(part: dict, name: str) -> None:
     def refuse(key, expected):
         raise PoolingError(f"{name}: {key!r} must be {expected}, got {part[key]!r:.60}")
 
-    if not _is_int(part["num_images"]) or part["num_images"] < 1:
-        refuse("num_images", "a positive integer")
-    if not _is_int(part["z_dim"]) or part["z_dim"] < 1:
-        refuse("z_dim", "a positive integer")
+    for key in ("num_images", "z_dim"):
+        if not is_positive_int(part[key]):
+            refuse(key, "a positive integer")
     for key in ("neg_elbo", "nll_iwae", "reconstruction", "kl"):
         if not _is_finite(part[key]):
             refuse(key, "a finite number")
@@ -124,12 +124,8 @@ def check_part(part: dict, name: str) -> None:
         refuse("kl_per_dim", f"a list of {part['z_dim']} numbers (z_dim)")
     if not isinstance(part["split"], str) or not part["split"]:
         refuse("split", "a split such as 'test[:1000]'")
-    if not _is_int(part["seed"]):
+    if not (isinstance(part["seed"], int) and not isinstance(part["seed"], bool)):
         refuse("seed", "an integer")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_finite(value) -> bool:
