@@ -3,7 +3,7 @@
     python scripts/gpu_benchmark.py [--quick] [--out gpu_benchmark.json]
 
 (`scripts/gpu_benchmark.sh` wraps it for a GPU machine without internet.) Each row is one
-`python -m vae_jax.bench --json` run in a fresh process, so each has its own compile time
+`python -m vae_jax.commands.bench --json` run in a fresh process, so each has its own compile time
 and peak memory:
 
 * the training step, each convolution implementation (xla, matmul, winograd), at several
@@ -61,8 +61,8 @@ def rows_to_run(sizes: dict, with_torch: bool) -> list[list[str]]:
 
 
 def run_row(flags: list[str], platform: str, timeout: float) -> dict:
-    """One `python -m vae_jax.bench` process; its JSON report, or the error it printed."""
-    command = [sys.executable, "-m", "vae_jax.bench", "--platform", platform, *flags]
+    """One `python -m vae_jax.commands.bench` process; its JSON report, or the error it printed."""
+    command = [sys.executable, "-m", "vae_jax.commands.bench", "--platform", platform, *flags]
     try:
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                                 timeout=timeout)

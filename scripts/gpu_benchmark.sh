@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
     *) forward+=("$1"); shift ;;
   esac
 done
-if ! "$PYTHON" -c "import vae_jax.bench" 2>/dev/null; then
+if ! "$PYTHON" -c "import vae_jax.commands.bench" 2>/dev/null; then
   if [ -z "$wheels" ]; then
     echo "gpu_benchmark.sh: error: vae_jax cannot be imported; install it (pip install -e .) or pass --wheels DIR" >&2
     exit 2

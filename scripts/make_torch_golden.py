@@ -5,7 +5,7 @@
 Needs torch (and tensorflow-datasets with the prepared MNIST under
 /work/shared/tensorflow_datasets or $TFDS_DATA_DIR for real digits; `--synthetic`, or a
 failed load, uses random images in [0, 1] instead). The model is the course notebook's,
-`vae_jax.torch_reference.course_vae`, so the state_dict keys are the notebook's
+`vae_jax.interop.torch_reference.course_vae`, so the state_dict keys are the notebook's
 (`encode.disc.0.0.weight`, `decode.gen.3.0.bias`, ...), and its `eps` argument fixes the
 sample's noise: `mean + stddev * eps` is what `Normal(mean, stddev).rsample()` computes. The run
 is deterministic (fixed seeds, one thread, deterministic algorithms): rerunning the script
@@ -64,8 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_jax.config import TrainConfig
-from vae_jax.torch_reference import course_loss, course_vae
+from vae_jax.interop.torch_reference import course_loss, course_vae
+from vae_jax.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "tests" / "data" / "torch_golden.npz"

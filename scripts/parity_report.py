@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import test_torch_port as parity  # noqa: E402
-from vae_jax.torch_port import from_torch_state_dict  # noqa: E402
+from vae_jax.interop.torch_port import from_torch_state_dict  # noqa: E402
 
 OUTPUTS = ("recon", "mean", "stddev")
 

@@ -19,8 +19,12 @@ import optax
 import tensorflow_datasets as tfds
 
 from tests.helpers import NUM_EXAMPLES
-from vae_jax import VAE, evaluate, steps, train
-from vae_jax.parallel import DataParallel, host
+from vae_jax import VAE
+from vae_jax.commands import evaluate as evaluate_command
+from vae_jax.commands import train as train_command
+from vae_jax.evaluation import likelihood
+from vae_jax.runtime.mesh import DataParallel, host
+from vae_jax.training import loop, steps, train_state
 
 NUM_IMAGES, BATCH = 40, 16  # batches of 16, 16 and 8: all divide among 8 devices
 
@@ -32,8 +36,8 @@ def images() -> np.ndarray:
 def initial_state():
     """Plain SGD: Adam would turn the rounding noise in the zero gradients of the biases
     before BatchNorm into steps of the learning rate's size (see tests/helpers.py)."""
-    keys = steps.RunKeys.from_seed(0)
-    return steps.create_train_state(VAE(), optax.sgd(1e-5), keys.init, keys.train)
+    keys = train_state.RunKeys.from_seed(0)
+    return train_state.create_train_state(VAE(), optax.sgd(1e-5), keys.init, keys.train)
 
 
 def check_placement(parallel: DataParallel, state, batch) -> None:
@@ -60,7 +64,7 @@ def results(parallel: DataParallel) -> dict[str, np.ndarray]:
 
     state = parallel.replicate(initial)
     for epoch in (1, 2):
-        state, sums = train.run_epoch_steps(step, state, data, jax.random.fold_in(
+        state, sums = loop.run_epoch_steps(step, state, data, jax.random.fold_in(
             jax.random.key(7), epoch), BATCH, place=parallel.split)
     out.update(flatten("steps", state, sums))
 
@@ -73,8 +77,8 @@ def results(parallel: DataParallel) -> dict[str, np.ndarray]:
     out.update(flatten("scan", state, sums))
 
     variables = host(state.variables)
-    result = evaluate.evaluate_model(VAE(), variables, data[:20], seed=3, iwae_samples=6,
-                                     batch_size=5, binarize_mode="dynamic", parallel=parallel)
+    result = likelihood.evaluate_model(VAE(), variables, data[:20], seed=3, iwae_samples=6,
+                                       batch_size=5, binarize_mode="dynamic", parallel=parallel)
     for name in ("neg_elbo", "nll_iwae", "kl", "active_units"):
         out[f"evaluate/{name}"] = np.asarray(result[name])
     out["evaluate/devices"] = np.asarray(result["devices"])
@@ -92,8 +96,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "train":  # train FLAGS... [--then-evaluate FLAGS...]
         flags, _, evaluate_flags = " ".join(sys.argv[2:]).partition(" --then-evaluate ")
         with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-            status = train.main(flags.split())
+            status = train_command.main(flags.split())
             if status == 0 and evaluate_flags:
-                status = evaluate.main(evaluate_flags.split())
+                status = evaluate_command.main(evaluate_flags.split())
         sys.exit(status)
     np.savez(sys.argv[1], **results(DataParallel.create()))

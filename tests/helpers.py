@@ -11,15 +11,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from vae_jax import checkpoints, train
-from vae_jax.config import TrainConfig, write_config_file
-from vae_jax.models import variable_shapes
-from vae_jax.workdir import LOCK_FILE
+from vae_jax.checkpoints import run_checkpoints
+from vae_jax.checkpoints.workdir import LOCK_FILE
+from vae_jax.commands import train as train_command
+from vae_jax.model.vae import variable_shapes
+from vae_jax.training.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
@@ -75,19 +75,6 @@ def save_untrained(workdir) -> str:
     return str(workdir)
 
 
-def save_legacy_run(workdir, settings):
-    """A run as vae-jax saved it before config.json held the settings: they were in each
-    checkpoint's `config` item, and config.json had the model configuration only."""
-    manager = ocp.CheckpointManager(str(workdir / "checkpoints"), options=(
-        ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)))
-    with manager:
-        manager.save(1, args=ocp.args.Composite(
-            variables=ocp.args.StandardSave(untrained_variables()),
-            train_state=ocp.args.StandardSave({"step": np.zeros((), np.int32)}),
-            config=ocp.args.JsonSave(settings)))
-    write_config_file(str(workdir), MODEL_CONFIG)
-
-
 # The run that several test modules resume, damage and compare against: 3 epochs of 3
 # batches of 16 mock images (`tfds.testing.mock_data`), checkpoints at steps 3, 6 and 9.
 NUM_EXAMPLES = 48
@@ -97,14 +84,14 @@ RUN_FLAGS = ["--epochs", "3", "--batch-size", "16", "--no-progress", "--seed", "
 def run_in_process(workdir, *extra) -> int:
     """The training command on the mock data, in this process; returns its exit code."""
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-        return train.main([*RUN_FLAGS, "--workdir", str(workdir),
-                           "--data-dir", str(workdir) + "-data", *extra])
+        return train_command.main([*RUN_FLAGS, "--workdir", str(workdir),
+                                   "--data-dir", str(workdir) + "-data", *extra])
 
 
 def full_state(workdir):
     """(step, every array) of the newest checkpoint: variables, optimizer state, step, key."""
-    with checkpoints.RunCheckpoints(str(workdir)) as run:
-        return run.restore_newest(("variables", "train_state"), quarantine=False)
+    with run_checkpoints.RunCheckpoints(str(workdir)) as run:
+        return run.restore_newest(("variables", "train_state"), set_aside=False)
 
 
 def snapshot(directory):

@@ -6,18 +6,19 @@ import sys
 import numpy as np
 import pytest
 
-from vae_jax import bench, op_profile
+from vae_jax.benchmarks import op_profile, runners
+from vae_jax.commands import bench as bench_command
 
 
 def run_bench(capsys, *args):
-    """`python -m vae_jax.bench ARGS` in this process: (exit code, stdout, stderr)."""
-    status = bench.main(list(args))
+    """`python -m vae_jax.commands.bench ARGS` in this process: (exit code, stdout, stderr)."""
+    status = bench_command.main(list(args))
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
 
 def json_report(capsys, *args) -> dict:
-    """`python -m vae_jax.bench ARGS --json` in this process, which must succeed: its report."""
+    """`vae-jax-bench ARGS --json` in this process, which must succeed: its report."""
     status, out, err = run_bench(capsys, *args, "--json")
     assert status == 0, err
     return json.loads(out)
@@ -62,7 +63,7 @@ def test_default_output_is_a_summary_line(capsys):
                                    ["--floor-size", "-1"]])
 def test_bad_flag_is_one_line_and_exit_code_2(capsys, flags):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(flags)
+        bench_command.main(flags)
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -75,7 +76,8 @@ def test_vs_torch_without_torch_says_how_to_install_it(capsys, monkeypatch):
     status, out, err = run_bench(capsys, "--vs-torch")
     assert status == 2
     assert err.strip().splitlines() == [
-        "python -m vae_jax.bench: error: --vs-torch needs PyTorch: pip install torch==2.13.0"]
+        "python -m vae_jax.commands.bench: error: --vs-torch needs PyTorch: "
+        "pip install torch==2.13.0"]
 
 
 def test_vs_torch_reports_the_ratio(capsys):
@@ -103,8 +105,8 @@ def test_vs_torch_epoch_times_an_epoch_of_each(capsys):
 
 def test_torch_epoch_steps_over_every_image_once_in_shuffled_batches(monkeypatch):
     pytest.importorskip("torch")
-    images = bench.random_images(10, seed=0)
-    runner = bench.TorchRunner(images, batch_size=4, seed=0, threads=1)
+    images = runners.random_images(10, seed=0)
+    runner = runners.TorchRunner(images, batch_size=4, seed=0, threads=1)
     batches = []
     monkeypatch.setattr(runner, "_train", lambda batch: batches.append(batch.numpy()))
     runner.step()

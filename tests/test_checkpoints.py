@@ -15,18 +15,27 @@ import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from tests.helpers import (NUM_EXAMPLES, REPO_ROOT, RUN_FLAGS, full_state, run_in_process,
-                           save_legacy_run, snapshot, tiny_config)
-from vae_jax import checkpoints, train
-from vae_jax.config import ResumeMismatchError
-from vae_jax.errors import NonFiniteLossError
+from tests.helpers import (
+    NUM_EXAMPLES,
+    REPO_ROOT,
+    RUN_FLAGS,
+    full_state,
+    run_in_process,
+    snapshot,
+    tiny_config,
+    untrained_variables,
+)
+from vae_jax.checkpoints import run_checkpoints
+from vae_jax.commands import train as train_command
+from vae_jax.runtime.errors import NonFiniteLossError
+from vae_jax.training import loop
 
 # Runs the training command in a child process (signals and SIGKILL need a real process)
 # on the same mock data the tests use in-process.
 CHILD = """
 import sys
 import tensorflow_datasets as tfds
-from vae_jax.train import main
+from vae_jax.commands.train import main
 with tfds.testing.mock_data(num_examples={n}):
     sys.exit(main(sys.argv[1:]))
 """.format(n=NUM_EXAMPLES)
@@ -98,7 +107,7 @@ def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code
 
 @pytest.mark.slow(reason="fault injection: trains until the NaN")
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_make_train_step = train.make_train_step
+    real_make_train_step = loop.make_train_step
 
     def make_poisoned_train_step(**options):
         step_fn = real_make_train_step(max_traces=2, **options)
@@ -109,11 +118,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return step_fn(state, images)
         return poisoned
 
-    monkeypatch.setattr(train, "make_train_step", make_poisoned_train_step)
+    monkeypatch.setattr(loop, "make_train_step", make_poisoned_train_step)
     workdir = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match="at step 4 "):
         with tfds.testing.mock_data(num_examples=NUM_EXAMPLES):
-            train.train_and_evaluate(
+            loop.train_and_evaluate(
                 tiny_config(epochs=3, checkpoint_every=1, data_dir=str(tmp_path / "data")),
                 str(workdir), progress=False, log=lambda line: None)
     steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints"))
@@ -147,6 +156,32 @@ def test_half_written_checkpoint_is_ignored(uninterrupted, tmp_path):
                                 vae_jax.load_variables(str(uninterrupted)))
 
 
+def test_what_a_crashed_save_left_is_removed_at_the_next_save(uninterrupted, tmp_path):
+    """orbax clears a half-written checkpoint (`cleanup_tmp_directories`) when the resumed
+    run next saves; the checkpoints it writes are whole."""
+    workdir = tmp_path / "crashed"
+    shutil.copytree(uninterrupted, workdir)
+    partial = workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1234"
+    shutil.copytree(workdir / "checkpoints" / "9", partial)
+    shutil.rmtree(partial / "variables")
+    assert run_in_process(workdir, "--epochs", "4") == 0
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "6", "9"]
+    assert full_state(workdir)[0] == 12
+
+
+def test_orbax_decides_the_checkpoints_inside_an_epoch(tmp_path):
+    """--checkpoint-every 2 with 3 steps an epoch: steps 2, 4 and 8 (6 ends an epoch, which
+    saves anyway), never a step at or before the newest checkpoint; none without the flag."""
+    policy = loop.periodic_checkpoints(2, steps_per_epoch=3)
+    with run_checkpoints.RunCheckpoints(str(tmp_path), should_save=policy) as run:
+        assert [step for step in range(1, 10) if run.should_save(step)] == [2, 4, 8]
+        run.save(4, untrained_variables(), {"step": np.full((), 4, np.int32)})
+        assert [step for step in range(1, 10) if run.should_save(step)] == [8]
+    assert loop.periodic_checkpoints(0, steps_per_epoch=3) is None
+    with run_checkpoints.RunCheckpoints(str(tmp_path)) as run:
+        assert not any(run.should_save(step) for step in range(1, 10))
+
+
 def test_finished_run_resumes_to_nothing_and_can_be_extended(uninterrupted, tmp_path):
     workdir = tmp_path / "extended"
     shutil.copytree(uninterrupted, workdir)
@@ -173,16 +208,6 @@ def test_refusals_leave_the_run_untouched(uninterrupted, tmp_path, capsys, flags
     assert snapshot(workdir) == before
 
 
-def test_a_run_saved_by_an_earlier_version_keeps_its_settings(tmp_path):
-    """Before config.json held a run's settings, each checkpoint did: a resume still
-    compares against them."""
-    save_legacy_run(tmp_path, tiny_config(z_dim=32, batch_size=16).to_json())
-    saved = checkpoints.read_run_config(str(tmp_path))
-    assert (saved["batch_size"], saved["im_chan"]) == (16, 1)
-    with pytest.raises(ResumeMismatchError, match="--batch-size 8 differs from 16"):
-        tiny_config(batch_size=8).check_resumable(saved, str(tmp_path))
-
-
 def test_fresh_overwrite_starts_over(uninterrupted, tmp_path):
     workdir = tmp_path / "fresh"
     shutil.copytree(uninterrupted, workdir)
@@ -194,12 +219,12 @@ def test_fresh_overwrite_starts_over(uninterrupted, tmp_path):
 def test_unwritable_workdir_is_refused(tmp_path, capsys):
     not_a_directory = tmp_path / "a-file"
     not_a_directory.write_text("")
-    assert train.main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
+    assert train_command.main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
     assert "is not a writable directory" in capsys.readouterr().err
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert train.main(["--workdir", str(locked / "run"), "--no-download"]) == 2
+        assert train_command.main(["--workdir", str(locked / "run"), "--no-download"]) == 2
 
 
 @pytest.mark.parametrize("message, expected", [
@@ -213,13 +238,13 @@ def test_unwritable_workdir_is_refused(tmp_path, capsys):
     ("", "ValueError"),
 ])
 def test_unreadable_checkpoint_warnings_keep_the_first_readable_words(message, expected):
-    assert checkpoints.error_line(ValueError(message)) == expected
+    assert run_checkpoints.error_line(ValueError(message)) == expected
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
     """A huge learning rate that diverges in the first epoch: no 'last good checkpoint
     stays' when there is none."""
-    from vae_jax import hooks
+    from vae_jax.training import hooks
     where = str(tmp_path / "checkpoints")
     with pytest.raises(NonFiniteLossError, match=r"\(there is no earlier checkpoint\)$"):
         hooks.require_finite(np.float32(np.nan), "the training loss", 2, 3, where)

@@ -1,4 +1,4 @@
-"""The command lines' skeleton (vae_jax.cli): flags derived from the settings, one-line
+"""The command lines' skeleton (vae_jax.commands.cli): flags derived from the settings, one-line
 errors, exit codes, and the installed `vae-jax-*` scripts."""
 
 import argparse
@@ -13,14 +13,13 @@ import warnings
 import pytest
 
 from tests.helpers import REPO_ROOT
-from vae_jax import cli, launch
-from vae_jax.config import TrainConfig, flag_name
-from vae_jax.errors import InputError, Stopped, TrainingInterrupted
+from vae_jax.commands import cli, launch
+from vae_jax.runtime.errors import InputError, Stopped, TrainingInterrupted
+from vae_jax.training.config import TrainConfig, flag_name
 
-COMMANDS = {"vae-jax-train": "vae_jax.train", "vae-jax-evaluate": "vae_jax.evaluate",
-            "vae-jax-sample": "vae_jax.sample", "vae-jax-plots": "vae_jax.plots",
-            "vae-jax-pool-evaluations": "vae_jax.pool_evaluations",
-            "vae-jax-bench": "vae_jax.bench", "vae-jax-torch-port": "vae_jax.torch_port"}
+COMMANDS = {f"vae-jax-{name.replace('_', '-')}": f"vae_jax.commands.{name}"
+            for name in ("train", "evaluate", "sample", "plots", "pool_evaluations", "bench",
+                         "torch_port")}
 
 
 def config_parser() -> cli.OneLineParser:
@@ -122,21 +121,36 @@ def test_run_lets_other_errors_through(capsys):
 
 def test_program_name_is_the_installed_script_or_the_module(monkeypatch):
     monkeypatch.setattr("sys.argv", ["/venv/bin/vae-jax-evaluate", "--json"])
-    assert cli.program_name("python -m vae_jax.evaluate") == "vae-jax-evaluate"
+    assert cli.program_name("python -m vae_jax.commands.evaluate") == "vae-jax-evaluate"
     monkeypatch.setattr("sys.argv", ["/repo/vae_jax/evaluate.py", "--json"])
-    assert cli.program_name("python -m vae_jax.evaluate") == "python -m vae_jax.evaluate"
+    prog = "python -m vae_jax.commands.evaluate"
+    assert cli.program_name(prog) == prog
+
+
+@pytest.mark.slow(reason="seven subprocesses that import JAX")
+def test_every_command_runs_as_a_module():
+    """`python -m vae_jax.commands.<name> --help` prints the command's usage: each command
+    module runs its `main` when executed."""
+    children = {module: subprocess.Popen([sys.executable, "-m", module, "--help"],
+                                         cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+                for module in COMMANDS.values()}
+    for module, child in children.items():
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-2000:]
+        assert out.startswith("usage: "), (module, out[:200])
 
 
 def test_every_command_is_an_installed_script(monkeypatch):
-    """Each script runs its command's `main` through `vae_jax.launch`."""
+    """Each script runs its command's `main` through `vae_jax.commands.launch`."""
     scripts = {entry.name: entry.value
                for entry in importlib.metadata.entry_points(group="console_scripts")
                if entry.name.startswith("vae-jax-")}
-    assert scripts == {name: f"vae_jax.launch:{module.split('.')[1]}"
+    assert scripts == {name: f"vae_jax.commands.launch:{module.rsplit('.', 1)[1]}"
                        for name, module in COMMANDS.items()}
     for name, module in COMMANDS.items():
         monkeypatch.setattr(f"{module}.main", lambda name=name: f"{name} ran")
-        assert getattr(launch, module.split(".")[1])() == f"{name} ran"
+        assert getattr(launch, module.rsplit(".", 1)[1])() == f"{name} ran"
 
 
 INTERRUPTED_IMPORT = """
@@ -152,8 +166,9 @@ builtins.__import__ = interrupted_import
 
 @pytest.mark.parametrize("command, prog", [
     ([sys.executable, "train.py", "--epochs", "1"], "train.py"),
-    ([sys.executable, "-c", "import sys; from vae_jax import launch; "
-      "sys.argv[0] = '/venv/bin/vae-jax-evaluate'; sys.exit(launch.evaluate())"],
+    ([sys.executable, "-c", "import sys; from vae_jax.commands import launch; "
+                            "sys.argv[0] = '/venv/bin/vae-jax-evaluate'; "
+                            "sys.exit(launch.evaluate())"],
      "vae-jax-evaluate"),
 ])
 def test_ctrl_c_while_jax_loads_is_one_line(tmp_path, command, prog):

@@ -1,12 +1,12 @@
-"""A run's settings (vae_jax.config): defined once, checked once, stored in config.json."""
+"""A run's settings (vae_jax.training.config): defined once, checked once, stored in config.json."""
 
 import dataclasses
 
 import pytest
 
-from vae_jax.config import (ResumeMismatchError, TrainConfig, read_config_file,
-                            write_config_file)
-from vae_jax.errors import InputError
+from vae_jax.checkpoints.config_file import read_config_file, write_config_file
+from vae_jax.runtime.errors import InputError
+from vae_jax.training.config import ResumeMismatchError, TrainConfig
 
 
 def test_the_settings_a_resume_must_match():

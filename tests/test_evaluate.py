@@ -1,5 +1,5 @@
 """Evaluation over a dataset (the negative ELBO and IWAE passes) and the
-`python -m vae_jax.evaluate` command line."""
+`python -m vae_jax.commands.evaluate` command line."""
 
 import json
 import shutil
@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.helpers import save_legacy_run, save_untrained, tiny_config, untrained_variables
-from vae_jax import checkpoints, evaluate
-from vae_jax.binarize import binarize
-from vae_jax.config import write_config_file
+from tests.helpers import save_untrained, tiny_config, untrained_variables
+from vae_jax.checkpoints import run_checkpoints
+from vae_jax.checkpoints.config_file import write_config_file
+from vae_jax.checkpoints.saved_model import training_binarize
+from vae_jax.commands import evaluate as evaluate_command
+from vae_jax.evaluation import likelihood
+from vae_jax.model.binarize import binarize
 
 NUM_MOCK = 12
 
@@ -38,7 +41,7 @@ def saved_model(tmp_path_factory):
 
 def run_main(capsys, *args):
     with tfds.testing.mock_data(num_examples=NUM_MOCK):
-        status = evaluate.main(list(args))
+        status = evaluate_command.main(list(args))
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -78,17 +81,17 @@ def test_cli_summary_is_human_readable(saved_model, tmp_path, capsys):
 ])
 def test_bad_flags_exit_2_in_one_line(saved_model, capsys, args, words):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["--workdir", str(saved_model), *args])
+        evaluate_command.main(["--workdir", str(saved_model), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
 
 
 def test_missing_workdir_and_variables_exit_2_in_one_line(tmp_path, capsys):
-    assert evaluate.main(["--workdir", str(tmp_path / "nowhere")]) == 2
+    assert evaluate_command.main(["--workdir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0] and "not a directory" in err[0]
-    assert evaluate.main(["--workdir", str(tmp_path)]) == 2
+    assert evaluate_command.main(["--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no saved variables" in err[0]
 
@@ -97,21 +100,17 @@ def test_variables_that_do_not_fit_the_config_exit_2(saved_model, tmp_path, caps
     workdir = tmp_path / "mismatch"
     shutil.copytree(saved_model, workdir)
     (workdir / "config.json").write_text(json.dumps({"z_dim": 8, "im_chan": 1}))
-    assert evaluate.main(["--workdir", str(workdir)]) == 2
+    assert evaluate_command.main(["--workdir", str(workdir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "do not fit a VAE with z_dim=8" in err[0]
 
 
-@pytest.mark.parametrize("saved_by", ["this version", "an earlier version"])
-def test_binarize_defaults_to_what_the_run_trained_with(tmp_path, capsys, saved_by):
+def test_binarize_defaults_to_what_the_run_trained_with(tmp_path, capsys):
     settings = {**tiny_config(binarize="dynamic").to_json()}
-    if saved_by == "this version":
-        with checkpoints.RunCheckpoints(str(tmp_path)) as run:
-            run.save(1, untrained_variables(), {"step": np.zeros((), np.int32)})
-        write_config_file(str(tmp_path), settings)
-    else:
-        save_legacy_run(tmp_path, settings)
-    assert checkpoints.training_binarize(str(tmp_path)) == "dynamic"
+    with run_checkpoints.RunCheckpoints(str(tmp_path)) as run:
+        run.save(1, untrained_variables(), {"step": np.zeros((), np.int32)})
+    write_config_file(str(tmp_path), settings)
+    assert training_binarize(str(tmp_path)) == "dynamic"
     common = ["--workdir", str(tmp_path), "--iwae-samples", "4", "--json", "--batch-size", "5",
               "--data-dir", str(tmp_path / "data"), "--no-progress"]
     status, out, err = run_main(capsys, *common)
@@ -125,8 +124,8 @@ def test_binarize_defaults_to_what_the_run_trained_with(tmp_path, capsys, saved_
     (50, 100, 17), (5000, 100, 20), (1, 100, 1), (7, 1000, 2), (3, 5000, 1), (40, 100, 20)])
 def test_default_chunks_split_k_evenly_within_the_decode_budget(num_samples, batch_size,
                                                                  expected):
-    chunk = evaluate.default_chunk_size(num_samples, batch_size)
+    chunk = likelihood.default_chunk_size(num_samples, batch_size)
     assert chunk == expected
-    assert chunk * batch_size <= max(evaluate.DECODES_PER_CALL, batch_size)
+    assert chunk * batch_size <= max(likelihood.DECODES_PER_CALL, batch_size)
     chunks = -(-num_samples // chunk)
     assert chunks * chunk - num_samples < chunks  # less than one masked sample per chunk

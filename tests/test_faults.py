@@ -23,10 +23,23 @@ import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from tests.helpers import (REPO_ROOT, full_state, run_in_process, save_untrained, snapshot,
-                           untrained_variables)
-from vae_jax import checkpoints, digests, evaluate, input_pipeline, plots, sample, torch_port, train
-from vae_jax.workdir import exclusive
+from tests.helpers import (
+    REPO_ROOT,
+    full_state,
+    run_in_process,
+    save_untrained,
+    snapshot,
+    untrained_variables,
+)
+from vae_jax.checkpoints import digests, run_checkpoints
+from vae_jax.checkpoints.workdir import exclusive
+from vae_jax.commands import evaluate as evaluate_command
+from vae_jax.commands import plots as plots_command
+from vae_jax.commands import sample as sample_command
+from vae_jax.commands import torch_port as torch_port_command
+from vae_jax.commands import train as train_command
+from vae_jax.data import input_pipeline
+from vae_jax.evaluation import elbo, sampling
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -199,7 +212,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_previous_one_used(
 
 
 def full_state_with_quarantine(workdir):
-    with checkpoints.RunCheckpoints(str(workdir)) as run:
+    with run_checkpoints.RunCheckpoints(str(workdir)) as run:
         return run.restore_newest(("variables", "train_state"))
 
 
@@ -237,7 +250,7 @@ def test_evaluate_uses_the_previous_checkpoint_of_a_damaged_run(uninterrupted, t
     chex.assert_trees_all_equal(variables, checkpoints_at(uninterrupted, 6)["variables"])
     with pytest.warns(UserWarning, match="checkpoints/9 is unreadable"), \
             tfds.testing.mock_data(num_examples=6):
-        status, out, lines = run(capsys, evaluate.main, "--workdir", workdir, "--json",
+        status, out, lines = run(capsys, evaluate_command.main, "--workdir", workdir, "--json",
                                  "--iwae-samples", "2", "--no-progress")
     assert status == 0, lines
     assert 100 < json.loads(out)["neg_elbo"] < 1000
@@ -276,7 +289,7 @@ def test_damaged_saved_variables_are_refused_in_one_line(tmp_path, capsys, damag
     workdir = tmp_path / "saved"
     save_untrained(workdir)
     damage(workdir / "variables")
-    status, _, lines = run(capsys, sample.main, "--workdir", workdir)
+    status, _, lines = run(capsys, sample_command.main, "--workdir", workdir)
     assert_one_line(status, lines, "cannot read variables", words)
 
 
@@ -286,7 +299,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_says_so(uninterrupted, tmp_path
     for step in ("3", "6", "9"):
         without_digests()(str(workdir / "checkpoints" / step))
     with pytest.warns(UserWarning) as warned:
-        status, _, lines = run(capsys, sample.main, "--workdir", workdir)
+        status, _, lines = run(capsys, sample_command.main, "--workdir", workdir)
     assert [str(warning.message).split(" is unreadable ")[1] for warning in warned] == [
         "(MissingDigests: its digest record is missing); trying the one before it"] * 3
     assert_one_line(status, lines, f"error: no readable checkpoint in {workdir / 'checkpoints'}"
@@ -300,11 +313,11 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(data_dir, t
                                                                       capsys):
     workdir = tmp_path / "run"
     with exclusive(str(workdir), "train.py --workdir run (the first)"):
-        status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, workdir))
+        status, _, lines = run(capsys, train_command.main, *dummy_flags(data_dir, workdir))
     assert_one_line(status, lines, "is in use by another run", f"pid {os.getpid()}",
                     "the first")
     assert os.listdir(workdir) == [".lock"]
-    status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, workdir))
+    status, _, lines = run(capsys, train_command.main, *dummy_flags(data_dir, workdir))
     assert status == 0, lines  # released when the holder ended
 
 
@@ -312,12 +325,14 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(data_dir, t
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     """SIGKILL a process that holds the lock: the next one gets it at once."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom vae_jax.workdir import exclusive\n"
-         "with exclusive(sys.argv[1], 'holder'):\n    print('held', flush=True)\n"
-         "    time.sleep(600)\n", str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        text=True)
+        [sys.executable, "-c", "import sys, time\n"
+                               "from vae_jax.checkpoints.workdir import exclusive\n"
+                               "with exclusive(sys.argv[1], 'holder'):\n"
+                               "    print('held', flush=True)\n"
+                               "    time.sleep(600)\n", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(vae_jax.workdir.WorkdirBusy, match=f"pid {holder.pid}"):
+    with pytest.raises(vae_jax.checkpoints.workdir.WorkdirBusy, match=f"pid {holder.pid}"):
         with exclusive(str(tmp_path), "second"):
             pass
     holder.send_signal(signal.SIGKILL)
@@ -331,10 +346,11 @@ def test_importing_weights_into_a_training_run_is_refused(uninterrupted, tmp_pat
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     before = snapshot(workdir)
-    status, _, lines = run(capsys, torch_port.main, tmp_path / "vae.pt", "--workdir", workdir)
+    status, _, lines = run(capsys, torch_port_command.main, tmp_path / "vae.pt", "--workdir",
+                           workdir)
     assert_one_line(status, lines, "holds a training run", "config.json")
     assert snapshot(workdir) == before
-    with pytest.raises(checkpoints.CheckpointError, match="holds a training run"):
+    with pytest.raises(run_checkpoints.CheckpointError, match="holds a training run"):
         vae_jax.save_variables(str(workdir), untrained_variables(), {"z_dim": 32})
     assert snapshot(workdir) == before
 
@@ -343,7 +359,7 @@ def test_training_into_saved_variables_is_refused(data_dir, tmp_path, capsys):
     workdir = tmp_path / "imported"
     save_untrained(workdir)
     before = snapshot(workdir)
-    status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, workdir))
+    status, _, lines = run(capsys, train_command.main, *dummy_flags(data_dir, workdir))
     assert_one_line(status, lines, "holds saved variables")
     assert snapshot(workdir) == before
 
@@ -367,7 +383,7 @@ def test_training_into_saved_variables_is_refused(data_dir, tmp_path, capsys):
 ])
 def test_bad_training_input_is_one_line(data_dir, tmp_path, capsys, flags, words):
     workdir = tmp_path / "run"
-    status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, workdir), *flags)
+    status, _, lines = run(capsys, train_command.main, *dummy_flags(data_dir, workdir), *flags)
     assert_one_line(status, lines, *words)
     assert not workdir.exists()
 
@@ -380,7 +396,7 @@ def test_damaged_data_files_are_one_line(data_dir, tmp_path, capsys):
     data = bytearray(open(record, "rb").read())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
     open(record, "wb").write(bytes(data))
-    status, _, lines = run(capsys, train.main, *dummy_flags(damaged, tmp_path / "run"))
+    status, _, lines = run(capsys, train_command.main, *dummy_flags(damaged, tmp_path / "run"))
     assert_one_line(status, lines, "its files look damaged")
 
 
@@ -396,7 +412,8 @@ def test_a_damaged_config_json_is_one_line(tmp_path, capsys, content, words, com
     workdir = tmp_path / "saved"
     save_untrained(workdir)
     (workdir / "config.json").write_text(content)
-    main = {"evaluate": evaluate.main, "sample": sample.main, "plots": plots.main}[command]
+    main = {"evaluate": evaluate_command.main, "sample": sample_command.main,
+            "plots": plots_command.main}[command]
     with tfds.testing.mock_data(num_examples=4):
         status, _, lines = run(capsys, main, "--workdir", workdir)
     assert_one_line(status, lines, *words)
@@ -408,7 +425,7 @@ def test_a_run_with_a_damaged_config_json_is_not_resumed(uninterrupted, tmp_path
     (workdir / "config.json").write_text('{"seed": 5, "batch')
     before = snapshot(workdir)
     with tfds.testing.mock_data(num_examples=48):
-        status, _, lines = run(capsys, train.main, "--workdir", workdir, "--epochs", "4",
+        status, _, lines = run(capsys, train_command.main, "--workdir", workdir, "--epochs", "4",
                                "--batch-size", "16", "--seed", "5", "--no-progress")
     assert_one_line(status, lines, "config.json is damaged")
     assert snapshot(workdir) == before
@@ -436,7 +453,7 @@ def test_the_plots_skip_a_broken_metrics_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "train_loss": 200, "test_loss": 150}\n{"epoch": 2, "tr\n')
     warnings = []
-    records = vae_jax.writers.read_metrics(str(path), warn=warnings.append)
+    records = vae_jax.training.writers.read_metrics(str(path), warn=warnings.append)
     assert [record["epoch"] for record in records] == [1]
     assert len(warnings) == 1 and "line 2" in warnings[0]
 
@@ -448,18 +465,18 @@ def test_the_plots_skip_a_broken_metrics_line(tmp_path):
 ])
 def test_bad_evaluation_flags_are_one_line(tmp_path, capsys, args, words):
     save_untrained(tmp_path)
-    status, _, lines = run(capsys, evaluate.main, "--workdir", tmp_path, *args)
+    status, _, lines = run(capsys, evaluate_command.main, "--workdir", tmp_path, *args)
     assert_one_line(status, lines, *words)
 
 
 def test_sample_refuses_a_grid_too_large_and_samples_in_batches(tmp_path, capsys):
     save_untrained(tmp_path)
-    status, _, lines = run(capsys, sample.main, "--workdir", tmp_path, "--num", "100000")
+    status, _, lines = run(capsys, sample_command.main, "--workdir", tmp_path, "--num", "100000")
     assert_one_line(status, lines, "--num", "must be in 1..10000")
     model, variables, _ = vae_jax.load_model(str(tmp_path))
     key = jax.random.key(0)
-    chex.assert_trees_all_close(sample.sample_images(model, variables, key, 7, batch_size=3),
-                                sample.sample_images(model, variables, key, 7), atol=1e-6)
+    chex.assert_trees_all_close(sampling.sample_images(model, variables, key, 7, batch_size=3),
+                                sampling.sample_images(model, variables, key, 7), atol=1e-6)
 
 
 @pytest.mark.slow(reason="mounts a small disk and fills it")
@@ -468,8 +485,8 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp
     with small_disk(tmp_path / "disk", 12) as disk:
         workdir = disk / "run"
         with tfds.testing.mock_data(num_examples=48):
-            status, _, lines = run(capsys, train.main, "--epochs", "3", "--batch-size", "16",
-                                   "--no-progress", "--workdir", workdir, "--data-dir",
+            status, _, lines = run(capsys, train_command.main, "--epochs", "3", "--batch-size",
+                                   "16", "--no-progress", "--workdir", workdir, "--data-dir",
                                    tmp_path / "data")
         assert_one_line(status, lines, "the disk is full", "the last good checkpoint (step")
         steps = sorted(os.listdir(workdir / "checkpoints"))
@@ -484,7 +501,7 @@ def test_an_unwritable_part_of_the_workdir_is_found_before_training(uninterrupte
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     with read_only(workdir / inside), tfds.testing.mock_data(num_examples=48):
-        status, _, lines = run(capsys, train.main, "--workdir", workdir, "--epochs", "4",
+        status, _, lines = run(capsys, train_command.main, "--workdir", workdir, "--epochs", "4",
                                "--batch-size", "16", "--seed", "5", "--no-progress",
                                "--data-dir", tmp_path / "data")
     assert_one_line(status, lines, f"{workdir / inside} is not writable")
@@ -503,7 +520,7 @@ def test_a_run_output_of_the_wrong_kind_is_found_before_training(uninterrupted, 
     (workdir / inside).mkdir() if kind == "directory" else (workdir / inside).write_text("x")
     before = snapshot(workdir)
     with tfds.testing.mock_data(num_examples=48):
-        status, _, lines = run(capsys, train.main, "--workdir", workdir, "--epochs", "4",
+        status, _, lines = run(capsys, train_command.main, "--workdir", workdir, "--epochs", "4",
                                "--batch-size", "16", "--seed", "5", "--no-progress",
                                "--data-dir", tmp_path / "data")
     wanted = "file" if kind == "directory" else "directory"
@@ -513,7 +530,8 @@ def test_a_run_output_of_the_wrong_kind_is_found_before_training(uninterrupted, 
 
 def test_a_workdir_that_is_a_dangling_symbolic_link_is_one_line(tmp_path, capsys):
     (tmp_path / "run").symlink_to(tmp_path / "gone")
-    status, _, lines = run(capsys, train.main, "--workdir", tmp_path / "run", "--no-download")
+    status, _, lines = run(capsys, train_command.main, "--workdir", tmp_path / "run",
+                           "--no-download")
     assert_one_line(status, lines, f"{tmp_path / 'run'} is a symbolic link to "
                                    f"{tmp_path / 'gone'}, which does not exist")
 
@@ -522,7 +540,7 @@ def test_a_workdir_that_is_a_dangling_symbolic_link_is_one_line(tmp_path, capsys
 def test_a_read_only_workdir_is_one_line_for_the_picture_commands(tmp_path, capsys, command):
     workdir = tmp_path / "saved"
     save_untrained(workdir)
-    main = {"sample": sample.main, "plots": plots.main}[command]
+    main = {"sample": sample_command.main, "plots": plots_command.main}[command]
     with read_only(workdir), tfds.testing.mock_data(num_examples=4):
         status, _, lines = run(capsys, main, "--workdir", workdir)
     assert_one_line(status, lines, str(workdir))
@@ -532,7 +550,7 @@ def test_ctrl_c_while_the_data_loads_is_one_line(data_dir, tmp_path, capsys, mon
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(input_pipeline, "load_split", interrupted)
-    status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, tmp_path / "run"))
+    status, _, lines = run(capsys, train_command.main, *dummy_flags(data_dir, tmp_path / "run"))
     assert (status, lines) == (130, ["train.py: interrupted"])
 
 
@@ -541,7 +559,7 @@ def test_importing_into_an_unwritable_directory_is_one_line_and_quick(tmp_path, 
     target.mkdir()
     start = time.perf_counter()
     with read_only(target):
-        status, _, lines = run(capsys, torch_port.main, tmp_path / "vae.pt", "--workdir",
+        status, _, lines = run(capsys, torch_port_command.main, tmp_path / "vae.pt", "--workdir",
                                target / "imported")
     assert_one_line(status, lines, "not a writable directory")
     assert time.perf_counter() - start < 60
@@ -552,16 +570,17 @@ def test_importing_into_an_unwritable_directory_is_one_line_and_quick(tmp_path, 
 @pytest.mark.slow(reason="fault injection: trains until the NaN")
 def test_a_non_finite_test_loss_stops_before_anything_is_written(data_dir, tmp_path, capsys,
                                                                   monkeypatch):
-    real_neg_elbo = evaluate.neg_elbo
+    real_neg_elbo = elbo.neg_elbo
 
     def poisoned(*args, **kwargs):
         result = real_neg_elbo(*args, **kwargs)
-        return evaluate.ElboPass(**{**vars(result), "neg_elbo": result.neg_elbo * np.nan})
+        return elbo.ElboPass(**{**vars(result), "neg_elbo": result.neg_elbo * np.nan})
 
     workdir = tmp_path / "run"
-    assert run(capsys, train.main, *dummy_flags(data_dir, workdir))[0] == 0
-    monkeypatch.setattr(train.evaluate, "neg_elbo", poisoned)
-    status, _, lines = run(capsys, train.main, *dummy_flags(data_dir, workdir, "--epochs", "2"))
+    assert run(capsys, train_command.main, *dummy_flags(data_dir, workdir))[0] == 0
+    monkeypatch.setattr(elbo, "neg_elbo", poisoned)
+    status, _, lines = run(capsys, train_command.main,
+                           *dummy_flags(data_dir, workdir, "--epochs", "2"))
     assert status == 1 and lines[-1].startswith("train.py: the test loss is not finite"), lines
     assert len(open(workdir / "metrics.jsonl").readlines()) == 1
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
@@ -570,7 +589,7 @@ def test_a_non_finite_test_loss_stops_before_anything_is_written(data_dir, tmp_p
 def test_evaluate_json_is_valid_json_for_one_image(tmp_path, capsys):
     save_untrained(tmp_path)
     with tfds.testing.mock_data(num_examples=1):
-        status, out, lines = run(capsys, evaluate.main, "--workdir", tmp_path, "--json",
+        status, out, lines = run(capsys, evaluate_command.main, "--workdir", tmp_path, "--json",
                                  "--iwae-samples", "2", "--no-progress")
     assert status == 0, lines
 
@@ -591,7 +610,7 @@ def test_a_damaged_checkpoint_prints_one_warning_and_no_tracebacks(uninterrupted
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     truncate(largest_file(workdir / "checkpoints" / "9" / "variables"))
-    child = ("import sys, vae_jax\nfrom vae_jax.input_pipeline import load_split\n"
+    child = ("import sys, vae_jax\nfrom vae_jax.data.input_pipeline import load_split\n"
              "load_split('dummy_mnist', 'test', sys.argv[2], download=False)\n"
              "vae_jax.load_model(sys.argv[1])\nprint('loaded')")
     result = subprocess.run([sys.executable, "-c", child, str(workdir), str(data_dir)],
@@ -605,9 +624,9 @@ def test_a_damaged_checkpoint_prints_one_warning_and_no_tracebacks(uninterrupted
 @pytest.mark.slow(reason="trains, then evaluates")
 def test_evaluate_defaults_to_the_runs_dataset(data_dir, tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert run(capsys, train.main, *dummy_flags(data_dir, workdir, "--test-split",
-                                                 "test[:10]"))[0] == 0
-    status, out, lines = run(capsys, evaluate.main, "--workdir", workdir, "--json",
+    assert run(capsys, train_command.main, *dummy_flags(data_dir, workdir, "--test-split",
+                                                        "test[:10]"))[0] == 0
+    status, out, lines = run(capsys, evaluate_command.main, "--workdir", workdir, "--json",
                              "--iwae-samples", "2", "--no-progress")
     assert status == 0, lines
     result = json.loads(out)
@@ -628,12 +647,12 @@ def test_a_slow_download_says_what_it_is_doing():
 def test_sample_out_may_be_a_directory(tmp_path, capsys):
     save_untrained(tmp_path / "saved")
     (tmp_path / "pictures").mkdir()
-    status, out, _ = run(capsys, sample.main, "--workdir", tmp_path / "saved", "--out",
+    status, out, _ = run(capsys, sample_command.main, "--workdir", tmp_path / "saved", "--out",
                          tmp_path / "pictures", "--num", "4", "--seed", "3")
     assert status == 0
     assert out.strip() == str(tmp_path / "pictures" / "samples_seed3.png")
     assert not (tmp_path / "pictures.png").exists()
-    status, _, lines = run(capsys, sample.main, "--workdir", tmp_path / "saved", "--out",
+    status, _, lines = run(capsys, sample_command.main, "--workdir", tmp_path / "saved", "--out",
                            tmp_path / "grid.jpg")
     assert_one_line(status, lines, ".png")
 
@@ -677,7 +696,7 @@ def test_metrics_are_rewritten_only_when_the_run_has_an_epoch_to_record(uninterr
                                                                       tmp_path):
     """A run resumed from an early checkpoint drops the later epochs' lines only with its
     first record: one that stops before then leaves metrics.jsonl as it was."""
-    from vae_jax.writers import EpochWriter
+    from vae_jax.training.writers import EpochWriter
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     before = (workdir / "metrics.jsonl").read_text()

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.helpers import REPO_ROOT
-from vae_jax import native_output
+from vae_jax.runtime import native_output
 
 NOISE = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
          "STDERR\nI0000 00:00:1796518872.205260    2537 port.cc:153] oneDNN custom operations "
@@ -167,7 +167,7 @@ def test_error_lines_are_told_from_notices(line, error):
 def test_a_logging_handler_made_during_the_capture_keeps_working_after_it():
     """TensorFlow makes its logger's handler on `sys.stderr` while it loads, that is, on
     the stand-in stream: that stream must still reach the screen afterwards."""
-    child = ("import logging, os, sys\nfrom vae_jax import native_output\n"
+    child = ("import logging, os, sys\nfrom vae_jax.runtime import native_output\n"
              "with native_output.filtered():\n"
              "    os.write(2, b'I0000 00:00:1.0 1 port.cc:153] oneDNN notice\\n')\n"
              "    logging.getLogger('made_inside').addHandler(logging.StreamHandler(sys.stderr))\n"

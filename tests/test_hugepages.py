@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from tests.helpers import REPO_ROOT
-from vae_jax import cli, hugepages
+from vae_jax.commands import cli
+from vae_jax.runtime import hugepages
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
 def test_relaunch_re_executes_the_same_command_once_in_the_same_process():
     env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     if hugepages.tunables_with_huge_pages(env) is None:
-        pytest.skip("huge pages cannot help on this machine (see vae_jax.hugepages)")
-    code = ("import os, sys\nfrom vae_jax import hugepages\n"
+        pytest.skip("huge pages cannot help on this machine (see vae_jax.runtime.hugepages)")
+    code = ("import os, sys\nfrom vae_jax.runtime import hugepages\n"
             "print('started', os.getpid(), file=sys.stderr)\n"
             "hugepages.relaunch_with_huge_pages()\n"
             "print(os.getpid(), os.environ['GLIBC_TUNABLES'], hugepages.enabled(), "
@@ -67,7 +68,7 @@ def test_relaunch_re_executes_the_same_command_once_in_the_same_process():
     pid, tunables, enabled, jax_loaded, argv = result.stdout.split(maxsplit=4)
     assert pid == starts[1]
     assert tunables == "glibc.malloc.hugetlb=1" and enabled == "True"
-    assert jax_loaded == "False"  # vae_jax.hugepages does not pull in JAX
+    assert jax_loaded == "False"  # vae_jax.runtime.hugepages does not pull in JAX
     assert argv.strip() == "['--flag', 'x']"
 
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.helpers import real_mnist_dir, requires_real_mnist
-from vae_jax import input_pipeline
+from vae_jax.data import input_pipeline
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])

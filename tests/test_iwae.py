@@ -1,4 +1,4 @@
-"""The importance-weighted bound (vae_jax.iwae) against known likelihoods, and chunking."""
+"""The importance-weighted bound (vae_jax.model.iwae) against known likelihoods, and chunking."""
 
 import math
 
@@ -9,7 +9,8 @@ import pytest
 
 import vae_jax
 from tests.helpers import untrained_variables
-from vae_jax import evaluate, iwae, losses
+from vae_jax.evaluation import likelihood
+from vae_jax.model import iwae, losses
 
 B, Z = 6, 3
 
@@ -144,7 +145,7 @@ def test_iwae_at_least_the_mean_log_weight_and_k1_is_one_weight(images, vae_vari
     @jax.jit
     def compute(variables, images, key):
         mean, stddev = model.apply(variables, images, train=False, method=vae_jax.VAE.encode)
-        decode = evaluate.decoder_fn(model, variables)
+        decode = likelihood.decoder_fn(model, variables)
         z = iwae.sample_latents(key, mean, stddev, jnp.zeros((1,), jnp.int32))[0]
         return {
             "log_weights": iwae.importance_log_weights(key, images, mean, stddev, decode, 8),

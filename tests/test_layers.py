@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from tests.helpers import (CONV_TOLERANCE, assert_same_value_and_grads, conv_inputs,
-                           value_and_vjp)
-from vae_jax import layers
+from tests.helpers import CONV_TOLERANCE, assert_same_value_and_grads, conv_inputs, value_and_vjp
+from vae_jax.kernels import batch_norm, convolutions, im2col
+from vae_jax.model import layers
 
 STRIDES = (1, 2)
 KERNELS = (2, 3, 4, 5)
@@ -30,8 +30,8 @@ def test_conv_transpose_matmul_matches_lax_forward_and_backward(stride, kernel):
     for seed, (batch, size, cin, cout) in enumerate(SHAPES):
         out_size = (size - 1) * stride + kernel
         x, w, cotangent = conv_inputs(seed, batch, size, cin, cout, kernel, out_size)
-        fast = value_and_vjp(layers.conv_transpose_matmul, stride)(x, w, cotangent)
-        reference = value_and_vjp(layers.conv_transpose_xla, stride)(x, w, cotangent)
+        fast = value_and_vjp(im2col.conv_transpose_matmul, stride)(x, w, cotangent)
+        reference = value_and_vjp(convolutions.conv_transpose_xla, stride)(x, w, cotangent)
         assert fast[0].shape == (batch, out_size, out_size, cout)
         assert_same_value_and_grads(fast, reference)
 
@@ -43,21 +43,21 @@ def test_conv_matmul_matches_lax_forward_and_backward(stride, kernel):
         size = kernel + 2 * stride + extra
         out_size = (size - kernel) // stride + 1
         x, w, cotangent = conv_inputs(seed, batch, size, cin, cout, kernel, out_size)
-        fast = value_and_vjp(layers.conv_matmul, stride)(x, w, cotangent)
-        reference = value_and_vjp(layers.conv_xla, stride)(x, w, cotangent)
+        fast = value_and_vjp(im2col.conv_matmul, stride)(x, w, cotangent)
+        reference = value_and_vjp(convolutions.conv_xla, stride)(x, w, cotangent)
         assert fast[0].shape == (batch, out_size, out_size, cout)
         assert_same_value_and_grads(fast, reference)
 
 
 def test_the_models_layer_shapes_match_lax():
     """The VAE's own seven layers at batch 2: 28->13->5->1 and 1->3->6->13->28."""
-    cases = [(layers.conv_matmul, layers.conv_xla, 28, 1, 16, 4, 2, 13),
-             (layers.conv_matmul, layers.conv_xla, 13, 16, 32, 4, 2, 5),
-             (layers.conv_matmul, layers.conv_xla, 5, 32, 64, 4, 2, 1),
-             (layers.conv_transpose_matmul, layers.conv_transpose_xla, 1, 32, 256, 3, 2, 3),
-             (layers.conv_transpose_matmul, layers.conv_transpose_xla, 3, 256, 128, 4, 1, 6),
-             (layers.conv_transpose_matmul, layers.conv_transpose_xla, 6, 128, 64, 3, 2, 13),
-             (layers.conv_transpose_matmul, layers.conv_transpose_xla, 13, 64, 1, 4, 2, 28)]
+    cases = [(im2col.conv_matmul, convolutions.conv_xla, 28, 1, 16, 4, 2, 13),
+             (im2col.conv_matmul, convolutions.conv_xla, 13, 16, 32, 4, 2, 5),
+             (im2col.conv_matmul, convolutions.conv_xla, 5, 32, 64, 4, 2, 1),
+             (im2col.conv_transpose_matmul, convolutions.conv_transpose_xla, 1, 32, 256, 3, 2, 3),
+             (im2col.conv_transpose_matmul, convolutions.conv_transpose_xla, 3, 256, 128, 4, 1, 6),
+             (im2col.conv_transpose_matmul, convolutions.conv_transpose_xla, 6, 128, 64, 3, 2, 13),
+             (im2col.conv_transpose_matmul, convolutions.conv_transpose_xla, 13, 64, 1, 4, 2, 28)]
     for seed, (fast, slow, size, cin, cout, kernel, stride, out_size) in enumerate(cases):
         x, w, cotangent = conv_inputs(seed, 2, size, cin, cout, kernel, out_size)
         assert_same_value_and_grads(value_and_vjp(fast, stride)(x, w, cotangent),
@@ -75,9 +75,9 @@ class JitAndEagerTest(chex.TestCase):
         def loss(fn, x, w):
             return jnp.sum(jnp.sin(fn(x, w, stride)))
 
-        grads = self.variant(jax.grad(functools.partial(loss, layers.conv_transpose_matmul),
+        grads = self.variant(jax.grad(functools.partial(loss, im2col.conv_transpose_matmul),
                                       argnums=(0, 1)))(x, w)
-        expected = jax.grad(functools.partial(loss, layers.conv_transpose_xla),
+        expected = jax.grad(functools.partial(loss, convolutions.conv_transpose_xla),
                             argnums=(0, 1))(x, w)
         for a, b in zip(grads, expected):
             np.testing.assert_allclose(a, b, **CONV_TOLERANCE)
@@ -90,9 +90,9 @@ class JitAndEagerTest(chex.TestCase):
         def loss(fn, x, w):
             return jnp.sum(jnp.sin(fn(x, w, stride)))
 
-        grads = self.variant(jax.grad(functools.partial(loss, layers.conv_matmul),
+        grads = self.variant(jax.grad(functools.partial(loss, im2col.conv_matmul),
                                       argnums=(0, 1)))(x, w)
-        expected = jax.grad(functools.partial(loss, layers.conv_xla), argnums=(0, 1))(x, w)
+        expected = jax.grad(functools.partial(loss, convolutions.conv_xla), argnums=(0, 1))(x, w)
         for a, b in zip(grads, expected):
             np.testing.assert_allclose(a, b, **CONV_TOLERANCE)
 
@@ -178,28 +178,28 @@ def test_batch_norm_train_custom_gradient_matches_autodiff():
         y, mean, var = fn(x, scale, bias, 1e-5)
         return jnp.sum(jnp.sin(y) * weights) + jnp.sum(mean * bias) + jnp.sum(var * scale)
 
-    grads = jax.jit(jax.grad(functools.partial(loss, layers.batch_norm_train),
+    grads = jax.jit(jax.grad(functools.partial(loss, batch_norm.batch_norm_train),
                              argnums=(0, 1, 2)))(x, scale, bias)
     expected = jax.grad(functools.partial(loss, _batch_norm_reference),
                         argnums=(0, 1, 2))(x, scale, bias)
     for a, b in zip(grads, expected):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    for a, b in zip(layers.batch_norm_train(x, scale, bias, 1e-5),
+    for a, b in zip(batch_norm.batch_norm_train(x, scale, bias, 1e-5),
                     _batch_norm_reference(x, scale, bias, 1e-5)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_resolve_implementation():
     for name in ("xla", "matmul", "winograd"):
-        assert layers.resolve_implementation(name) == name
+        assert convolutions.resolve_implementation(name) == name
     expected_auto = {"cpu": "winograd", "gpu": "matmul", "tpu": "xla"}[jax.default_backend()]
-    assert layers.resolve_implementation("auto") == expected_auto
+    assert convolutions.resolve_implementation("auto") == expected_auto
 
 
 @pytest.mark.parametrize("name", ["bogus", "XLA", "", None])
 def test_resolve_implementation_rejects_unknown_names(name):
     with pytest.raises(ValueError, match="implementation must be one of"):
-        layers.resolve_implementation(name)
+        convolutions.resolve_implementation(name)
 
 
 def test_modules_reject_unknown_implementation():
@@ -229,7 +229,7 @@ def test_col2im_sums_the_blocks_into_place(height, width, kernel_h, kernel_w, st
     # Each path (gather then sum, phases, the evaluation's one-pass gathers) by definition.
     blocks = jax.random.normal(jax.random.key(height * width),
                                (3, height, width, kernel_h, kernel_w, 5))
-    out = layers._col2im(blocks, stride, one_pass=one_pass)
+    out = im2col._col2im(blocks, stride, one_pass=one_pass)
     expected = _col2im_reference(np.asarray(blocks), stride)
     chex.assert_shape(out, expected.shape)
     chex.assert_trees_all_close(out, expected, rtol=1e-6, atol=1e-6)
@@ -241,5 +241,5 @@ def test_undifferentiated_transposed_convolution_matches_lax_on_the_models_layer
             [(1, 32, 256, 3, 2), (3, 256, 128, 4, 1), (6, 128, 64, 3, 2), (13, 64, 1, 4, 2)]):
         x = jax.random.normal(jax.random.key(seed), (4, size, size, cin))
         w = jax.random.normal(jax.random.key(seed + 10), (kernel, kernel, cin, cout)) * 0.05
-        chex.assert_trees_all_close(jax.jit(layers.conv_transpose_matmul, static_argnums=2)(
-            x, w, stride), layers.conv_transpose_xla(x, w, stride), **CONV_TOLERANCE)
+        chex.assert_trees_all_close(jax.jit(im2col.conv_transpose_matmul, static_argnums=2)(
+            x, w, stride), convolutions.conv_transpose_xla(x, w, stride), **CONV_TOLERANCE)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vae_jax import metrics
+from vae_jax.model import metrics
 
 
 def test_active_units_counts_dimensions_whose_mean_varies():

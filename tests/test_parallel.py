@@ -16,7 +16,7 @@ import pytest
 
 from tests import devices_worker
 from tests.helpers import RUN_FLAGS, assert_trained_alike, run_in_process, worker
-from vae_jax.parallel import DataParallel
+from vae_jax.runtime.mesh import DataParallel
 
 
 @pytest.mark.slow(reason="a process with 8 fake devices, compiled for both meshes")
@@ -81,7 +81,7 @@ def test_no_batch_size_fits_when_the_images_do_not_divide_among_the_devices():
 @pytest.mark.parametrize("num_examples, batch_size, devices, expected", [
     (60_000, 1024, 8, None), (60_000, 1024, 3, [1023, 1026]), (48, 16, 3, [15, 18])])
 def test_usable_batch_sizes(num_examples, batch_size, devices, expected):
-    from vae_jax.parallel import usable_batch_sizes
+    from vae_jax.runtime.mesh import usable_batch_sizes
     if expected is None:
         assert batch_size % devices == 0 and (num_examples % batch_size) % devices == 0
     else:

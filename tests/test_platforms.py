@@ -1,4 +1,5 @@
-"""vae_jax.platforms: --platform picks a backend that exists, or says in one line how to get one.
+"""vae_jax.runtime.platforms: --platform picks a backend that exists, or says in one line how
+to get one.
 
 JAX fails when `jax_platforms` names a platform whose plugin is missing, so on a CUDA machine
 naming "cuda,rocm" broke `--platform gpu` (seen on an H100). These tests stand in for JAX's
@@ -7,7 +8,7 @@ backends: no real process has to start one."""
 import jax
 import pytest
 
-from vae_jax import platforms
+from vae_jax.runtime import platforms
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`python -m vae_jax.plots`: the four pictures, and the helpers behind them."""
+"""`python -m vae_jax.commands.plots`: the four pictures, and the helpers behind them."""
 
 import json
 
@@ -9,8 +9,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from tests.helpers import save_untrained
-from vae_jax import grids, plots
-from vae_jax.checkpoints import load_model
+from vae_jax.checkpoints.saved_model import load_model
+from vae_jax.commands import plots as plots_command
+from vae_jax.evaluation import grids, plots
 
 PICTURES = ("training_curves.png", "interpolations.png", "latent_map.png", "kl_per_dim.png")
 
@@ -24,7 +25,8 @@ def plotted_run(tmp_path_factory):
         for epoch, (train, test) in enumerate(((209.2, 149.5), (132.9, 121.2)), start=1):
             f.write(json.dumps({"epoch": epoch, "train_loss": train, "test_loss": test}) + "\n")
     with tfds.testing.mock_data(num_examples=30):
-        status = plots.main(["--workdir", str(workdir), "--data-dir", str(workdir / "data")])
+        status = plots_command.main(["--workdir", str(workdir),
+                                     "--data-dir", str(workdir / "data")])
     assert status == 0
     return workdir
 
@@ -55,12 +57,12 @@ def test_without_metrics_the_curves_are_skipped(tmp_path, capsys):
 def test_the_encoder_sees_binary_images_when_binarized(tmp_path, monkeypatch, flags, binary):
     save_untrained(tmp_path)
     seen = []
-    monkeypatch.setattr(plots, "make_plots",
+    monkeypatch.setattr(plots_command, "make_plots",
                         lambda workdir, model, variables, images, labels: seen.append(images)
                         or [])
     with tfds.testing.mock_data(num_examples=10):
-        assert plots.main(["--workdir", str(tmp_path), "--data-dir", str(tmp_path / "data"),
-                           *flags]) == 0
+        assert plots_command.main(["--workdir", str(tmp_path), "--data-dir", str(tmp_path / "data"),
+                                   *flags]) == 0
     (images,) = seen
     chex.assert_shape(images, (10, 28, 28, 1))
     assert np.isin(images, (0.0, 1.0)).all() == binary

@@ -6,7 +6,9 @@ import chex
 import numpy as np
 import pytest
 
-from vae_jax import metrics, pool_evaluations
+from vae_jax.commands import pool_evaluations as pool_command
+from vae_jax.evaluation import pooling
+from vae_jax.model import metrics
 
 PART_SIZES = (7, 1, 12, 30)  # uneven, and one part of a single image
 
@@ -48,7 +50,7 @@ def parts(per_image):
 
 def test_pooled_parts_equal_the_whole(per_image, parts):
     whole = summarize(*per_image, split="test", seed=0)
-    pooled = pool_evaluations.pool(parts)
+    pooled = pooling.pool(parts)
     fields = ("neg_elbo", "neg_elbo_stderr", "nll_iwae", "nll_iwae_stderr", "reconstruction",
               "kl", "kl_per_dim", "num_images")
     chex.assert_trees_all_close({key: pooled[key] for key in fields},
@@ -62,7 +64,7 @@ def test_pooled_parts_equal_the_whole(per_image, parts):
 
 def test_pooled_stderr_grows_with_the_spread_between_parts():
     # Two parts with no spread inside them: all the variance is between them.
-    mean, stderr = pool_evaluations.pooled_mean_and_stderr([90.0, 100.0], [0.0, 0.0], [5, 5])
+    mean, stderr = pooling.pooled_mean_and_stderr([90.0, 100.0], [0.0, 0.0], [5, 5])
     chex.assert_trees_all_close((mean, stderr), metrics.mean_and_stderr([90.0] * 5 + [100.0] * 5))
     assert stderr > 1.0
 
@@ -75,17 +77,17 @@ def test_pooled_stderr_grows_with_the_spread_between_parts():
 ])
 def test_parts_that_do_not_belong_together_are_refused(parts, change, message):
     odd = [dict(parts[0]), dict(parts[1], **change)]
-    with pytest.raises(pool_evaluations.PoolingError, match=message.replace("[", r"\[")):
-        pool_evaluations.pool(odd)
+    with pytest.raises(pooling.PoolingError, match=message.replace("[", r"\[")):
+        pooling.pool(odd)
 
 
 @pytest.mark.parametrize("field", ["seconds_iwae", "nll_iwae_stderr", "kl_per_dim"])
 def test_a_result_without_its_fields_is_refused(parts, field):
     incomplete = {key: value for key, value in parts[1].items() if key != field}
-    with pytest.raises(pool_evaluations.PoolingError, match=f"result 2 has no '{field}'"):
-        pool_evaluations.pool([parts[0], incomplete])
-    with pytest.raises(pool_evaluations.PoolingError, match="no results"):
-        pool_evaluations.pool([])
+    with pytest.raises(pooling.PoolingError, match=f"result 2 has no '{field}'"):
+        pooling.pool([parts[0], incomplete])
+    with pytest.raises(pooling.PoolingError, match="no results"):
+        pooling.pool([])
 
 
 def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
@@ -95,11 +97,11 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
         # As evaluate --json writes it: null, not NaN, for one image's standard error.
         paths[-1].write_text(json.dumps({key: None if isinstance(value, float) and np.isnan(value)
                                          else value for key, value in part.items()}))
-    assert pool_evaluations.main([str(path) for path in paths] + ["--json"]) == 0
+    assert pool_command.main([str(path) for path in paths] + ["--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(json.dumps(pool_evaluations.pool(parts)))
+    assert printed == json.loads(json.dumps(pooling.pool(parts)))
 
-    assert pool_evaluations.main([str(path) for path in paths]) == 0
+    assert pool_command.main([str(path) for path in paths]) == 0
     summary = capsys.readouterr().out
     assert f"{sum(PART_SIZES)} images" in summary and "NLL bound (IWAE, K=5000)" in summary
 
@@ -107,7 +109,7 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
     cut_short.write_text("")  # what an evaluation killed before printing leaves behind
     for bad, message in [(cut_short, "cut_short.json is not JSON"),
                          (tmp_path / "missing.json", "cannot read")]:
-        assert pool_evaluations.main([str(paths[0]), str(bad)]) == 2
+        assert pool_command.main([str(paths[0]), str(bad)]) == 2
         error = capsys.readouterr().err
         assert message in error and error.count("\n") == 1
 
@@ -132,7 +134,7 @@ def test_a_field_of_the_wrong_type_or_range_is_one_line_naming_file_and_field(
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(parts[0]))
     bad.write_text(json.dumps({**parts[2], field: value}))
-    assert pool_evaluations.main([str(good), str(bad)]) == 2
+    assert pool_command.main([str(good), str(bad)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1, captured.err
     assert f"error: {bad}: {expected}" in captured.err
@@ -145,6 +147,6 @@ def test_a_file_that_is_not_json_text_is_one_line(parts, tmp_path, capsys, conte
     good.write_text(json.dumps(parts[0]))
     bad.write_bytes(content)
     with np.errstate(all="raise"):
-        assert pool_evaluations.main([str(good), str(bad)]) == 2
+        assert pool_command.main([str(good), str(bad)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"{bad} is not a JSON text file" in error

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.helpers import NUM_EXAMPLES, RUN_FLAGS, assert_trained_alike, free_port, worker
-from vae_jax import evaluate as evaluate_command
+from vae_jax.commands import evaluate as evaluate_command
 
 
 def two_processes(workdir, *flags, evaluate=()):
@@ -121,9 +121,9 @@ def test_a_run_whose_processes_never_join_ends_with_one_line(tmp_path):
 @pytest.mark.parametrize("address", ["nonsense", "localhost", "localhost:", ":1234",
                                      "localhost:http", "localhost:70000"])
 def test_a_coordinator_address_that_is_not_host_port_is_one_line(address, capsys):
-    from vae_jax import train
-    status = train.main(["--coordinator-address", address, "--num-processes", "2",
-                         "--process-id", "0", "--no-download"])
+    from vae_jax.commands import train as train_command
+    status = train_command.main(["--coordinator-address", address, "--num-processes", "2",
+                                 "--process-id", "0", "--no-download"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1, lines
     assert f"--coordinator-address {address!r}: expected HOST:PORT" in lines[0]

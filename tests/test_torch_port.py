@@ -3,7 +3,7 @@
 tests/data/torch_golden.npz holds a PyTorch state dict of the course model, inputs, fixed
 noise and PyTorch's results (scripts/make_torch_golden.py documents the schema; the reference
 values are PyTorch's float64 computation with the float32 weights). These tests import the
-weights with `vae_jax.torch_port`, run vae-jax in float32 with the same noise, and compare.
+weights with `vae_jax.interop.torch_port`, run vae-jax in float32 with the same noise, and compare.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import VAE, layers
-from vae_jax.losses import vae_loss
-from vae_jax.torch_port import LAYERS, from_torch_state_dict, to_torch_state_dict
-from vae_jax.models import variable_shapes
-from vae_jax.torch_port import main as torch_port_main
+from vae_jax import VAE
+from vae_jax.commands.torch_port import main as torch_port_main
+from vae_jax.interop.torch_port import LAYERS, from_torch_state_dict, to_torch_state_dict
+from vae_jax.kernels import convolutions
+from vae_jax.model.losses import vae_loss
+from vae_jax.model.vae import variable_shapes
 
 GOLDEN = Path(__file__).parent / "data" / "torch_golden.npz"
 LR = 2e-3
@@ -145,7 +146,7 @@ def _as_state_dict(params, batch_stats) -> dict[str, np.ndarray]:
 
 
 def test_importing_torch_port_does_not_import_torch():
-    code = ("import sys, vae_jax, vae_jax.torch_port; "
+    code = ("import sys, vae_jax, vae_jax.interop.torch_port; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
@@ -248,7 +249,7 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     stderr = capsys.readouterr().err
     assert code == 2
     assert len(stderr.strip().splitlines()) == 1
-    assert stderr.startswith("python -m vae_jax.torch_port: error: no such file: ")
+    assert stderr.startswith("python -m vae_jax.commands.torch_port: error: no such file: ")
     assert not (tmp_path / "out").exists()
 
 
@@ -346,6 +347,6 @@ def test_twenty_step_loss_curve_matches_pytorch(variables, golden):
     # tolerance allows for float32 rounding amplified by 20 Adam steps: PyTorch's own
     # float32 run drifts from its float64 one by up to 7.4e-4 here (vae-jax float32:
     # 4.0e-4 with "matmul", 5.9e-4 with "winograd"; vae-jax in float64: 4e-8).
-    losses = get_runner(layers.resolve_implementation("auto")).run_curve(
+    losses = get_runner(convolutions.resolve_implementation("auto")).run_curve(
         variables, golden["curve_images"], golden["curve_eps"])
     chex.assert_trees_all_close(losses, golden["curve_losses"], rtol=CURVE_RTOL, atol=0)

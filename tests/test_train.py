@@ -8,21 +8,25 @@ import optax
 import pytest
 
 from tests.helpers import assert_states_close
-from vae_jax import VAE, evaluate, input_pipeline, losses, steps, train
-from vae_jax.config import TrainConfig
+from vae_jax import VAE
+from vae_jax.data import input_pipeline
+from vae_jax.evaluation import elbo
+from vae_jax.model import losses
+from vae_jax.training import loop, steps, train_state
+from vae_jax.training.config import TrainConfig
 
 
 def state_factory(optimizer, seed=0, model=VAE()):
     """A function returning a new train state (the jitted steps donate their input)."""
-    keys = steps.RunKeys.from_seed(seed)
-    state = steps.create_train_state(model, optimizer, keys.init, keys.train)
+    keys = train_state.RunKeys.from_seed(seed)
+    state = train_state.create_train_state(model, optimizer, keys.init, keys.train)
     return lambda: jax.tree.map(jnp.copy, state)
 
 
 @pytest.fixture(scope="module")
 def fresh_state():
     """With the course's Adam."""
-    return state_factory(steps.make_optimizer(2e-3))
+    return state_factory(train_state.make_optimizer(2e-3))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def test_default_config_is_the_course_recipe():
 
 
 def test_run_keys_are_distinct():
-    keys = steps.RunKeys.from_seed(0)
+    keys = train_state.RunKeys.from_seed(0)
     data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in vars(keys).values()]
     assert len(set(data)) == len(data)
 
@@ -62,7 +66,7 @@ class TrainStepTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_train_step_agrees_with_and_without_jit(self):
         # The XLA convolutions: fewer operations to dispatch one by one without jit.
-        state = state_factory(steps.make_optimizer(2e-3), model=VAE(implementation="xla"))()
+        state = state_factory(train_state.make_optimizer(2e-3), model=VAE(implementation="xla"))()
         images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
         new_state, metrics = self.variant(steps.train_step)(state, images)
         expected_state, expected_metrics = jax.jit(steps.train_step)(state, images)
@@ -147,8 +151,8 @@ def two_step_epochs(sgd_state, epoch_images):
     state = sgd_state()
     results = []
     for epoch in (1, 2):
-        state, sums = train.run_epoch_steps(step, state, epoch_images,
-                                            jax.random.fold_in(jax.random.key(7), epoch), 8)
+        state, sums = loop.run_epoch_steps(step, state, epoch_images,
+                                           jax.random.fold_in(jax.random.key(7), epoch), 8)
         results.append((jax.tree.map(jnp.copy, state), sums))
     return results
 
@@ -174,8 +178,8 @@ def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
     step = steps.make_train_step(max_traces=2)
     state = sgd_state()
     for epoch in (1, 2):
-        state, _ = train.run_epoch_steps(step, state, epoch_images,
-                                         jax.random.fold_in(jax.random.key(7), epoch), 8)
+        state, _ = loop.run_epoch_steps(step, state, epoch_images,
+                                        jax.random.fold_in(jax.random.key(7), epoch), 8)
     chex.assert_trees_all_equal(state.params, two_step_epochs[1][0].params)
     chex.assert_trees_all_equal(state.batch_stats, two_step_epochs[1][0].batch_stats)
     other = state_factory(optax.sgd(1e-5), seed=1)()
@@ -186,13 +190,13 @@ def test_same_seed_same_result_different_seed_differs(sgd_state, epoch_images,
 def test_test_loss_averages_per_image(fresh_state, images):
     state = fresh_state()
     model = VAE()
-    whole = evaluate.neg_elbo(model, state.variables, images, jax.random.key(0),
-                              batch_size=8).averages()
+    whole = elbo.neg_elbo(model, state.variables, images, jax.random.key(0),
+                          batch_size=8).averages()
     assert set(whole) == {"loss", "reconstruction", "kl"}
     np.testing.assert_allclose(whole["loss"], whole["reconstruction"] + whole["kl"], rtol=1e-5)
     # Eval mode: batching does not change the per-image KL (which uses no sample).
-    split = evaluate.neg_elbo(model, state.variables, images, jax.random.key(0),
-                              batch_size=5).averages()
+    split = elbo.neg_elbo(model, state.variables, images, jax.random.key(0),
+                          batch_size=5).averages()
     np.testing.assert_allclose(split["kl"], whole["kl"], rtol=1e-5)
 
 
@@ -215,8 +219,8 @@ def test_dynamic_binarization_keeps_binary_images(fresh_state):
     gray_images = binary_images * 0.5 + 0.25
 
     def kl(images, binarize_mode):
-        return evaluate.neg_elbo(VAE(), state.variables, images, jax.random.key(0),
-                                 batch_size=4, binarize_mode=binarize_mode).kl
+        return elbo.neg_elbo(VAE(), state.variables, images, jax.random.key(0),
+                             batch_size=4, binarize_mode=binarize_mode).kl
 
     chex.assert_trees_all_close(kl(binary_images, "dynamic"), kl(binary_images, "none"),
                                 rtol=1e-6)
@@ -229,10 +233,10 @@ def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone
     state = sgd_state()
     course = jax.jit(steps.train_step)(state, images)
     chex.assert_trees_all_equal(course, jax.jit(steps.train_step, static_argnums=(2, 3))(
-        state, images, False, losses.KLSchedule(1.0)))
+        state, images, False, steps.kl_weight_schedule(1.0)))
 
     autoencoder, metrics = jax.jit(steps.train_step, static_argnums=(2, 3))(
-        state, images, False, losses.KLSchedule(0.0))
+        state, images, False, steps.kl_weight_schedule(0.0))
     _, sample_key = jax.random.split(state.key)
 
     def reconstruction_only(params):  # the same step, written out without the KL term
@@ -249,23 +253,23 @@ def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone
 
 def test_a_kl_warm_up_counts_epochs_in_steps():
     config = TrainConfig(batch_size=16, kl_weight=2.0, kl_warmup_epochs=2)
-    schedule = train.kl_schedule(config, num_train_images=40)   # 3 steps per epoch
-    assert schedule == losses.KLSchedule(weight=2.0, warmup_steps=6)
-    assert train.kl_schedule(TrainConfig(), 40) == losses.KLSchedule(1.0, 0)
+    schedule = loop.kl_schedule(config, num_train_images=40)   # 3 steps per epoch
+    np.testing.assert_allclose([schedule(step) for step in (0, 3, 6, 9)], [0.0, 1.0, 2.0, 2.0])
+    assert [loop.kl_schedule(TrainConfig(), 40)(step) for step in (0, 9)] == [1.0, 1.0]
 
 
 @pytest.mark.slow(reason="compiles the step loop and the scan epoch with a warm-up")
 def test_the_scan_epoch_warms_the_kl_weight_up_like_the_step_loop(sgd_state, epoch_images):
-    warm_up = losses.KLSchedule(weight=2.0, warmup_steps=4)
+    warm_up = steps.kl_weight_schedule(weight=2.0, warmup_steps=4)
     key = jax.random.key(7)
-    step = steps.make_train_step(max_traces=2, kl=warm_up)
-    stepped, stepped_sums = train.run_epoch_steps(step, sgd_state(), epoch_images, key, 8)
-    epoch_fn = steps.make_train_epoch(batch_size=8, max_traces=1, kl=warm_up)
+    step = steps.make_train_step(max_traces=2, kl_weight=warm_up)
+    stepped, stepped_sums = loop.run_epoch_steps(step, sgd_state(), epoch_images, key, 8)
+    epoch_fn = steps.make_train_epoch(batch_size=8, max_traces=1, kl_weight=warm_up)
     scanned, scanned_sums = epoch_fn(sgd_state(), jax.device_put(epoch_images), key)
     assert_states_close(scanned, stepped, rtol=2e-4, atol=2e-5)
     chex.assert_trees_all_close(scanned_sums, stepped_sums, rtol=1e-4)
     # ... and the warm-up is not a no-op: β = 2 from the first step trains differently.
-    constant, _ = train.run_epoch_steps(steps.make_train_step(kl=losses.KLSchedule(2.0)),
-                                        sgd_state(), epoch_images, key, 8)
+    beta_two = steps.make_train_step(kl_weight=steps.kl_weight_schedule(2.0))
+    constant, _ = loop.run_epoch_steps(beta_two, sgd_state(), epoch_images, key, 8)
     assert not np.allclose(constant.params["encoder"]["conv3"]["kernel"],
                            stepped.params["encoder"]["conv3"]["kernel"], atol=1e-5)

@@ -1,4 +1,4 @@
-"""The training command (`train.py`, `python -m vae_jax.train`): an end-to-end run, its
+"""The training command (`train.py`, `python -m vae_jax.commands.train`): an end-to-end run, its
 outputs, and its refusals."""
 
 import json
@@ -15,16 +15,19 @@ from PIL import Image
 
 import vae_jax
 from tests.helpers import REPO_ROOT, real_mnist_dir, requires_real_mnist
-from vae_jax import evaluate, input_pipeline, steps, train
-from vae_jax.models import variable_shapes
+from vae_jax.commands import train as train_command
+from vae_jax.data import input_pipeline
+from vae_jax.evaluation import elbo
+from vae_jax.model.vae import variable_shapes
+from vae_jax.training import loop, steps, train_state
 
 METRIC_KEYS = {"epoch", "train_loss", "test_loss", "test_reconstruction", "test_kl",
                "images_per_sec", "seconds"}
 
 
 def run_main(capsys, *args):
-    """`vae_jax.train.main(args)` in this process: (exit code, stderr lines)."""
-    status = train.main(list(args))
+    """`vae_jax.commands.train.main(args)` in this process: (exit code, stderr lines)."""
+    status = train_command.main(list(args))
     return status, capsys.readouterr().err.strip().splitlines()
 
 
@@ -33,8 +36,9 @@ def mock_run(tmp_path_factory):
     """One short epoch of `train.py` on 40 mock images; returns the workdir."""
     workdir = tmp_path_factory.mktemp("run")
     with tfds.testing.mock_data(num_examples=40):
-        status = train.main(["--epochs", "1", "--batch-size", "16", "--workdir", str(workdir),
-                             "--data-dir", str(workdir / "data"), "--no-progress", "--seed", "3"])
+        status = train_command.main(["--epochs", "1", "--batch-size", "16",
+                                     "--workdir", str(workdir), "--data-dir", str(workdir / "data"),
+                                     "--no-progress", "--seed", "3"])
     assert status == 0
     return workdir
 
@@ -77,17 +81,18 @@ def test_cli_run_writes_tensorboard_scalars_and_images(mock_run):
 
 
 def test_test_loss_is_evaluates_negative_elbo(mock_run):
-    """metrics.jsonl's test loss is `evaluate.neg_elbo` of the test split, with the run's
+    """metrics.jsonl's test loss is `elbo.neg_elbo` of the test split, with the run's
     evaluation key for the epoch: one function for both numbers."""
     record = json.loads(open(mock_run / "metrics.jsonl").readline())
     with tfds.testing.mock_data(num_examples=40):
         test_images, _ = input_pipeline.load_split("mnist", "test", str(mock_run / "data"))
     model, variables, config = vae_jax.load_model(str(mock_run))
-    elbo = evaluate.neg_elbo(model, variables, test_images,
-                             jax.random.fold_in(steps.RunKeys.from_seed(config["seed"]).eval, 1),
-                             batch_size=config["batch_size"]).averages()
+    test_loss = elbo.neg_elbo(model, variables, test_images,
+                               jax.random.fold_in(
+                                  train_state.RunKeys.from_seed(config["seed"]).eval, 1),
+                              batch_size=config["batch_size"]).averages()
     chex.assert_trees_all_close(
-        elbo, {name: record[f"test_{name}"] for name in ("loss", "reconstruction", "kl")},
+        test_loss, {name: record[f"test_{name}"] for name in ("loss", "reconstruction", "kl")},
         rtol=1e-6)
 
 
@@ -129,7 +134,7 @@ def test_platform_gpu_without_a_gpu_is_refused_in_one_line():
 ])
 def test_bad_flags_exit_2_with_one_line(args, flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.build_parser().parse_args(args)
+        train_command.build_parser().parse_args(args)
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0]
@@ -137,7 +142,7 @@ def test_bad_flags_exit_2_with_one_line(args, flag, capsys):
 
 def test_bad_flag_message_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--epochs", "-1"])
+        train_command.main(["--epochs", "-1"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "train.py: error: argument --epochs: must be positive, got -1"]
@@ -156,24 +161,26 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
 def test_a_run_compiles_its_step_twice_and_its_scan_once(tmp_path, monkeypatch):
     """A run's steps compile once per batch shape (the full batch and the last, smaller one),
     and a scan epoch once for every epoch."""
-    monkeypatch.setattr(train, "make_train_step", lambda **kwargs: (
+    monkeypatch.setattr(loop, "make_train_step", lambda **kwargs: (
         steps.make_train_step(max_traces=2, **kwargs)))
-    monkeypatch.setattr(train, "make_train_epoch", lambda batch_size, **kwargs: (
+    monkeypatch.setattr(loop, "make_train_epoch", lambda batch_size, **kwargs: (
         steps.make_train_epoch(batch_size, max_traces=1, **kwargs)))
     with tfds.testing.mock_data(num_examples=40):
         for mode in ("steps", "scan"):
-            status = train.main(["--epochs", "2", "--batch-size", "16", "--epoch-mode", mode,
-                                 "--workdir", str(tmp_path / mode), "--no-progress",
-                                 "--data-dir", str(tmp_path / "data")])
+            status = train_command.main(["--epochs", "2", "--batch-size", "16",
+                                         "--epoch-mode", mode,
+                                         "--workdir", str(tmp_path / mode), "--no-progress",
+                                         "--data-dir", str(tmp_path / "data")])
             assert status == 0
 
 
 @pytest.mark.slow(reason="real MNIST")
 @requires_real_mnist
 def test_real_mnist_short_run_learns(tmp_path):
-    status = train.main(["--epochs", "2", "--batch-size", "256", "--train-split", "train[:4096]",
-                         "--test-split", "test[:1024]", "--workdir", str(tmp_path),
-                         "--no-progress", "--data-dir", real_mnist_dir()])
+    status = train_command.main(["--epochs", "2", "--batch-size", "256",
+                                 "--train-split", "train[:4096]",
+                                 "--test-split", "test[:1024]", "--workdir", str(tmp_path),
+                                 "--no-progress", "--data-dir", real_mnist_dir()])
     assert status == 0
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in records] == [1, 2]

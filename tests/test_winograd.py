@@ -1,4 +1,4 @@
-"""Winograd's stride-1 transposed convolution (vae_jax/winograd.py) against XLA's own and
+"""Winograd's stride-1 transposed convolution (vae_jax/kernels/winograd.py) against XLA's own and
 against exact float64 sums; which layers `implementation="winograd"` gives it."""
 
 import itertools
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from tests.helpers import assert_same_value_and_grads, conv_inputs, value_and_vjp
-from vae_jax import layers, winograd
+from vae_jax.kernels import convolutions, im2col, winograd
+from vae_jax.model import layers
 
-# (input size, kernel size) pairs that Winograd's algorithm takes (vae_jax.winograd.applies).
+# (input size, kernel size) pairs that Winograd's algorithm takes
+# (vae_jax.kernels.winograd.applies).
 TILES = [(n, k) for n, k in itertools.product(range(1, 6), range(1, 7))
          if winograd.applies((n, n), (k, k), 1)]
 
@@ -57,7 +59,7 @@ def test_matches_lax_forward_and_backward(size, kernel):
     x, w, cotangent = conv_inputs(size, 3, size, 5, 4, kernel, out_size)
     fast = value_and_vjp(lambda x, w, stride: winograd.conv_transpose(x, w), 1)(
         x, w, cotangent)
-    reference = value_and_vjp(layers.conv_transpose_xla, 1)(x, w, cotangent)
+    reference = value_and_vjp(convolutions.conv_transpose_xla, 1)(x, w, cotangent)
     chex.assert_shape(fast[0], (3, out_size, out_size, 4))
     assert_same_value_and_grads(fast, reference)
 
@@ -79,7 +81,7 @@ def test_the_course_layer_is_as_exact_as_direct_summation():
     exact = _direct_float64(x, w)
     scale = np.finfo(np.float32).eps * np.abs(exact).max()
     error = np.abs(np.asarray(jax.jit(winograd.conv_transpose)(x, w)) - exact).max()
-    direct = np.abs(np.asarray(layers.conv_transpose_matmul(x, w, 1)) - exact).max()
+    direct = np.abs(np.asarray(im2col.conv_transpose_matmul(x, w, 1)) - exact).max()
     assert error <= 6 * scale
     assert direct <= 6 * scale
 
@@ -161,14 +163,16 @@ def test_the_models_gradients_match_xla_through_batchnorm():
     # summation and the points used now, about 1e-6.
     import optax
 
-    from vae_jax import VAE, losses, steps
+    from vae_jax import VAE
+    from vae_jax.model import losses
+    from vae_jax.training import train_state
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(40, 28, 28, 1))[24:],
                          jnp.float32)
-    keys = steps.RunKeys.from_seed(0)
+    keys = train_state.RunKeys.from_seed(0)
     gradients = {}
     for implementation in ("xla", "winograd"):
         model = VAE(implementation=implementation)
-        state = steps.create_train_state(model, optax.sgd(1e-5), keys.init, keys.train)
+        state = train_state.create_train_state(model, optax.sgd(1e-5), keys.init, keys.train)
 
         def loss(params):
             (logits, mean, stddev), _ = model.apply(

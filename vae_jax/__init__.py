@@ -1,14 +1,30 @@
 """vae-jax: the DeepLearning.AI GANs course's convolutional VAE in JAX/Flax.
 
-The names below load on first use, so that `import vae_jax.hugepages` (which `train.py`
-runs before anything else) does not pull in JAX.
+The package by job (each folder's `__init__` says more):
+
+* `model/`: the course's VAE: its Flax modules, loss, IWAE bound, binarization, metrics;
+* `kernels/`: how its convolutions are computed (matmul/im2col, Winograd, XLA);
+* `data/`: tfds splits as arrays, batch order from a key;
+* `training/`: settings, train state, steps, the loop, hooks, writers, exact resume;
+* `checkpoints/`: what a run saves (orbax checkpoints with digests, saved variables, the
+  run directory and its lock);
+* `evaluation/`: ELBO and IWAE passes, pooling, plots, sampling;
+* `interop/`: the PyTorch original and weights to and from it;
+* `runtime/`: devices and processes, platforms, huge pages, errors, native log lines;
+* `commands/`: the command lines, each a thin layer over the library;
+* `benchmarks/`: timing and profiling (`vae-jax-bench`), not loaded by `import vae_jax`.
+
+The names below load on first use, so that `import vae_jax.runtime.hugepages` (which
+`train.py` runs before anything else) does not pull in JAX.
 """
 
 import importlib
 
-_HOMES = {"VAE": "vae_jax.models", "Decoder": "vae_jax.models", "Encoder": "vae_jax.models",
-          "reparameterize": "vae_jax.models", "load_model": "vae_jax.checkpoints",
-          "load_variables": "vae_jax.checkpoints", "save_variables": "vae_jax.checkpoints"}
+_HOMES = {"VAE": "vae_jax.model.vae", "Decoder": "vae_jax.model.vae",
+          "Encoder": "vae_jax.model.vae", "reparameterize": "vae_jax.model.vae",
+          "load_model": "vae_jax.checkpoints.saved_model",
+          "load_variables": "vae_jax.checkpoints.saved_model",
+          "save_variables": "vae_jax.checkpoints.saved_model"}
 
 __all__ = sorted(_HOMES)
 

@@ -1,0 +1,57 @@
+"""`python train.py` (also `vae-jax-train`): training's command line over
+`vae_jax.training.loop.train_and_evaluate`; README.md lists the flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vae_jax.checkpoints.workdir import CHECKPOINTS_DIR, METRICS_FILE
+from vae_jax.commands import cli
+from vae_jax.runtime.errors import InputError
+from vae_jax.training.config import TrainConfig
+from vae_jax.training.loop import train_and_evaluate
+
+
+def build_parser() -> cli.OneLineParser:
+    parser = cli.OneLineParser(
+        prog=cli.program_name("train.py"),
+        description="Train the DeepLearning.AI course's convolutional VAE.")
+    cli.add_platform_flag(parser)
+    cli.add_config_flags(parser, TrainConfig)
+    cli.add_distributed_flags(parser)
+    parser.add_argument("--workdir", default="runs/vae",
+                        help="where metrics, pictures and checkpoints go; running again on "
+                             "the same workdir resumes the run (default: runs/vae)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over instead of resuming the run in --workdir "
+                             "(with --overwrite when there is one to delete)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --fresh: delete the earlier run's checkpoints and metrics")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
+    return parser
+
+
+def check_fresh(workdir: str, fresh: bool, overwrite: bool) -> None:
+    """--fresh deletes a run only with --overwrite."""
+    if fresh and not overwrite and any(
+            os.path.exists(os.path.join(workdir, name))
+            for name in (CHECKPOINTS_DIR, METRICS_FILE)):
+        raise InputError(f"--fresh: --workdir {workdir} holds a run; add --overwrite to delete "
+                         "it and start over, or leave out --fresh to resume it")
+
+
+def command(args: argparse.Namespace) -> None:
+    check_fresh(args.workdir, args.fresh, args.overwrite)
+    train_and_evaluate(cli.config_from_args(args, TrainConfig), args.workdir,
+                       progress=args.progress, fresh=args.fresh)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(build_parser(), command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

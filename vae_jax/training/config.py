@@ -1,0 +1,147 @@
+"""A training run's settings, each defined once: its name, type, default and help text.
+
+`TrainConfig()` is the course's recipe. `train.py`'s flags are derived from its fields
+(`vae_jax.commands.cli.add_config_flags`: `batch_size` becomes `--batch-size`, a `Literal` type
+becomes a choice, a `True` boolean becomes `--no-...`), and a run stores it once, as
+`config.json` in its workdir, next to the model configuration (`z_dim`, `im_chan`) that
+`vae_jax.load_model` reads. The settings marked `resume_must_match` are those a
+resumed run must share with the saved one for the result to be the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from typing import Any, Literal, Mapping
+
+from vae_jax.kernels.convolutions import Implementation
+from vae_jax.model.binarize import BinarizeMode
+from vae_jax.runtime.errors import NON_NEGATIVE, InputError, is_non_negative
+
+EpochMode = Literal["auto", "steps", "scan"]
+MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
+
+
+def setting(default, help: str, *, positive: bool = False, non_negative: bool = False,
+            maximum: int | None = None, resume_must_match: bool = False,
+            flag: str | None = None, default_text: str | None = None,
+            metavar: str | None = None):
+    """A TrainConfig field: its default plus what the command line needs to know.
+
+    `positive`: values <= 0 are refused; `non_negative`: negative or non-finite ones;
+    `maximum`: an int bound from above, from 0 (`seed` takes 0..MAX_SEED). `flag`: the
+    flag's spelling when it is not `--field-name` (e.g. `--no-download` for
+    `download=True`). `default_text`: how the help shows the default, when not the value
+    itself.
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "positive": positive, "non_negative": non_negative, "maximum": maximum,
+        "resume_must_match": resume_must_match, "flag": flag, "default_text": default_text,
+        "metavar": metavar})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A run's settings; the defaults are the course's recipe (MNIST, 10 epochs, batch 1024,
+    Adam 2e-3, z_dim 32)."""
+
+    epochs: int = setting(10, "passes over the training split", positive=True)
+    batch_size: int = setting(
+        1024, "images per step; every image is used every epoch, the last batch is smaller",
+        positive=True, resume_must_match=True)
+    learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8)",
+                                   positive=True, resume_must_match=True)
+    z_dim: int = setting(32, "latent dimensions", positive=True, resume_must_match=True)
+    kl_weight: float = setting(
+        1.0, "beta, the weight of the KL term in the loss that is optimised (1: the course; "
+        "0: an autoencoder; above 1: a beta-VAE); the negative ELBO reported is always the "
+        "true one", non_negative=True, resume_must_match=True)
+    kl_warmup_epochs: int = setting(
+        0, "raise beta linearly from 0 to --kl-weight over the first N epochs, step by step",
+        non_negative=True, resume_must_match=True, metavar="N")
+    seed: int = setting(0, f"everything random (init, shuffling, samples) derives from it; "
+                        f"0 to {MAX_SEED}", maximum=MAX_SEED, resume_must_match=True)
+    dataset: str = setting("mnist", "a tfds dataset of 28x28 grayscale images (mnist, "
+                           "fashion_mnist, kmnist, ...)", resume_must_match=True)
+    data_dir: str | None = setting(None, "tfds data directory",
+                                   default_text="$TFDS_DATA_DIR, else tfds' own")
+    download: bool = setting(True, "fail at once if the dataset is not in the data directory",
+                             flag="--no-download")
+    train_split: str = setting("train", "tfds split to train on, e.g. 'train[:10%]'",
+                               resume_must_match=True)
+    test_split: str = setting("test", "tfds split to evaluate on after each epoch")
+    binarize: BinarizeMode = setting(
+        "none", "dynamic: train and test on Bernoulli(pixel) images, redrawn every batch, as "
+        "the literature does; none: grayscale targets, as in the course",
+        resume_must_match=True)
+    epoch_mode: EpochMode = setting(
+        "auto", "steps: a jitted step per batch, with a progress bar; scan: the epoch as one "
+        "jitted lax.scan on the device; auto: steps on CPU, scan on GPU/TPU (the two differ "
+        "in the last bits, so a run resumes in the mode it started with)",
+        resume_must_match=True)
+    implementation: Implementation = setting(
+        "auto", "convolution implementation (vae_jax.kernels.convolutions): auto takes "
+        "winograd on CPU, matmul on GPU, xla on TPU")
+    checkpoint_every: int = setting(
+        0, "also save a checkpoint every N steps (steps epochs only)", positive=True,
+        default_text="at epoch ends only", metavar="N")
+    keep: int = setting(3, "checkpoints to keep", positive=True)
+    devices: int = setting(
+        0, "use the first N devices of each run (the batch is split among them; the numbers "
+        "do not change)", positive=True, default_text="all", metavar="N")
+
+    def __post_init__(self):
+        for name, choices in _choices(type(self)).items():
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} must be one of {', '.join(choices)}, got "
+                                 f"{getattr(self, name)!r}")
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if meta["positive"] and not value > 0 and not (value == 0 == field.default):
+                raise InputError(f"{field.name} must be positive, got {value}")
+            if meta["non_negative"] and not is_non_negative(value):
+                raise InputError(f"{field.name} {NON_NEGATIVE}, got {value}")
+            if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
+                raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")
+
+    def model_config(self) -> dict[str, Any]:
+        """What `vae_jax.VAE` is built from: `{"z_dim": ..., "im_chan": 1}`."""
+        return {"z_dim": self.z_dim, "im_chan": 1}
+
+    def to_json(self) -> dict[str, Any]:
+        """What config.json holds for a training run: the model configuration and every
+        setting, in one flat object."""
+        return {**self.model_config(), **dataclasses.asdict(self)}
+
+    def check_resumable(self, saved: Mapping[str, Any], directory: str) -> None:
+        """Raises ResumeMismatchError naming the first setting that differs from `saved`
+        (a run's config.json) where the result would differ. A run stores its modes
+        resolved (`epoch_mode` "steps" or "scan"); a saved "auto" is not compared. A setting
+        that `saved` lacks (it is older than the setting) ran at today's default."""
+        for field in dataclasses.fields(self):
+            name = field.name
+            value = saved.get(name, field.default)
+            if field.metadata["resume_must_match"] and (
+                    value != getattr(self, name)) and value != "auto":
+                raise ResumeMismatchError(
+                    f"{flag_name(field)} {getattr(self, name)} differs from {value} of "
+                    f"the run saved in {directory}; pass the same value, or --fresh "
+                    "--overwrite to start over")
+
+
+class ResumeMismatchError(InputError):
+    """The flags differ from those of the run being resumed, where they must not."""
+
+
+@functools.cache
+def _choices(config_class: type) -> dict[str, tuple]:
+    """The allowed values of each `Literal`-typed field of a settings dataclass."""
+    return {name: typing.get_args(kind)
+            for name, kind in typing.get_type_hints(config_class).items()
+            if typing.get_origin(kind) is Literal}
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The command-line spelling of a TrainConfig field: `--batch-size`, `--no-download`."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")

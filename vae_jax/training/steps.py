@@ -1,0 +1,133 @@
+"""The jitted training computations: one step, and one whole epoch; the KL weight's schedule.
+
+An epoch runs either as a Python loop of `make_train_step()` calls (`vae_jax.training.loop`)
+or as `make_train_epoch()`, one jitted `lax.scan` over data held on the device; both give
+the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import optax
+
+from vae_jax.data import input_pipeline
+from vae_jax.model import losses
+from vae_jax.model.binarize import binarize as binarize_images
+from vae_jax.runtime.mesh import DataParallel
+from vae_jax.training.train_state import TrainState
+
+
+def kl_weight_schedule(weight: float = 1.0, warmup_steps: int = 0) -> optax.Schedule:
+    """β, the KL term's weight, at each step (counted from 0): `weight`, reached linearly
+    from 0 over the first `warmup_steps` steps (0: `weight` from the first step on)."""
+    if warmup_steps <= 0:
+        return optax.constant_schedule(weight)
+    return optax.linear_schedule(0.0, weight, warmup_steps)
+
+
+COURSE_KL_WEIGHT = kl_weight_schedule()  # β = 1 throughout, as the course trains
+
+
+def train_step(state: TrainState, images: jax.Array, binarize: bool = False,
+               kl_weight: optax.Schedule = COURSE_KL_WEIGHT) -> tuple[TrainState, dict]:
+    """One Adam step on a batch (B, 28, 28, C); returns the new state and batch metrics.
+
+    Metrics are the batch means (per image, before the update) of `loss` (the true negative
+    ELBO), `reconstruction` and `kl`. The loss minimised weighs the KL term by
+    `kl_weight(state.step)` (β; 1 by default, the course). The state's key is split: one part
+    samples z now, the other is kept. With `binarize`, a third part draws the batch's binary
+    images (input and target).
+    """
+    if binarize:
+        key, sample_key, binarize_key = jax.random.split(state.key, 3)
+        images = binarize_images(binarize_key, images)
+    else:
+        key, sample_key = jax.random.split(state.key)
+
+    def loss_fn(params):
+        (logits, mean, stddev), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, images, sample_key,
+            train=True, mutable=["batch_stats"])
+        loss, metrics = losses.vae_loss(logits, images, mean, stddev,
+                                        kl_weight(state.step))
+        return loss, (metrics, updates["batch_stats"])
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats, key=key)
+    return state, metrics
+
+
+def make_train_step(max_traces: int | None = None, binarize: bool = False,
+                    parallel: DataParallel | None = None,
+                    kl_weight: optax.Schedule = COURSE_KL_WEIGHT
+                    ) -> Callable:
+    """`train_step` jitted with its state donated; `kl_weight` schedules the KL term's weight β.
+
+    With `parallel`, the state (and the metrics) stay replicated on its mesh and the batch
+    is split over it (`DataParallel.split`). With `max_traces`, `chex.assert_max_traces`
+    guards the compilations (a run needs two: the full batch and the last, smaller one).
+    chex counts traces per place in the code, not per function object, so the guard is for
+    tests: in a notebook that trains twice the second run would trip it.
+    """
+    def step(state, images):
+        return train_step(state, images, binarize, kl_weight)
+
+    if max_traces is not None:
+        step = chex.assert_max_traces(step, n=max_traces)
+    shardings = {} if parallel is None else dict(
+        in_shardings=(parallel.replicated, parallel.batch), out_shardings=parallel.replicated)
+    return jax.jit(step, donate_argnums=0, **shardings)
+
+
+def make_train_epoch(batch_size: int, max_traces: int | None = None, binarize: bool = False,
+                     parallel: DataParallel | None = None,
+                     kl_weight: optax.Schedule = COURSE_KL_WEIGHT
+                     ) -> Callable:
+    """The whole epoch as one jitted function of (state, images on device, epoch key).
+
+    Returns (state, sums) where sums are the per-image metrics summed over the epoch. Data
+    order and keys are the same as in the step-by-step loop
+    (`vae_jax.training.loop.run_epoch_steps`).
+    With `parallel`, the state and the training set are replicated on its mesh and each
+    batch is split over it. `max_traces` as for `make_train_step` (one compilation serves
+    every epoch).
+    """
+    train_epoch = _train_epoch_fn(batch_size, binarize,
+                                  None if parallel is None else parallel.batch, kl_weight)
+    if max_traces is not None:
+        train_epoch = chex.assert_max_traces(train_epoch, n=max_traces)
+    shardings = {} if parallel is None else dict(in_shardings=parallel.replicated,
+                                                 out_shardings=parallel.replicated)
+    return jax.jit(train_epoch, donate_argnums=0, **shardings)
+
+
+def _train_epoch_fn(batch_size: int, binarize: bool, batch_sharding=None,
+                    kl_weight: optax.Schedule = COURSE_KL_WEIGHT) -> Callable:
+    def batch_of(images, indices):
+        batch = images[indices]
+        if batch_sharding is None:
+            return batch
+        return jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+    def train_epoch(state, images, epoch_key):
+        num_examples = images.shape[0]
+        order = input_pipeline.epoch_permutation(epoch_key, num_examples)
+        num_full = num_examples // batch_size
+
+        def body(state, batch_indices):
+            return train_step(state, batch_of(images, batch_indices), binarize, kl_weight)
+
+        state, metrics = jax.lax.scan(
+            body, state, order[:num_full * batch_size].reshape(num_full, batch_size))
+        sums = jax.tree.map(lambda m: m.sum() * batch_size, metrics)
+        if num_examples % batch_size:
+            state, last = train_step(
+                state, batch_of(images, order[num_full * batch_size:]), binarize, kl_weight)
+            rest = num_examples - num_full * batch_size
+            sums = jax.tree.map(lambda s, m: s + m * rest, sums, last)
+        return state, sums
+
+    return train_epoch
