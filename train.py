@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the course's VAE: `python train.py [--platform gpu] [--epochs 10] [--workdir runs/vae]`.
 
-A shim for `vae_jax.commands.train.main` (also `vae-jax-train`); see README.md for the
+A shim for `vae_jax.commands.train.main` (also `vae-jax-train`); see docs/guides/training.md for the
 flags. `vae_jax.commands.launch` imports it, so that a Ctrl-C while JAX loads is one line.
 It turns on huge pages for XLA's buffers (`vae_jax.runtime.hugepages`) before JAX loads,
 which saves the re-executed process from importing everything twice.

@@ -1,4 +1,5 @@
-"""Prints the measured columns of README's parity table, per convolution implementation.
+"""Prints the measured columns of the parity table (docs/guides/pytorch.md), per convolution
+implementation.
 
     python scripts/parity_report.py [xla,matmul,winograd]
 

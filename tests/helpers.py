@@ -183,7 +183,8 @@ def assert_trained_alike(workdir, expected_workdir, learning_rate=2e-3):
 
     Adam divides each step by the gradient's own size, so where a gradient is tiny a
     rounding difference (a sum taken over devices in another order) becomes a difference
-    of up to the learning rate per step (README, "What the parity tests guarantee"). So
+    of up to the learning rate per step (docs/guides/pytorch.md, "What the parity tests
+    guarantee"). So
     each weight may differ by at most a learning rate per step taken, and at most 1% of
     them by more than half of one: a wrong split of the data would move most of them.
     Left out: the biases of the convolutions before a BatchNorm, whose gradient is all

@@ -134,7 +134,7 @@ def test_iwae_mode_reports_decodes_the_floor_and_the_k5000_projection(capsys):
     assert report["decodes_per_sec"] == pytest.approx(4 * 6 / report["ms_per_step"] * 1e3,
                                                       rel=0.01)
     # The decoder's forward pass is 15.2 MFLOP an image, 10.3 with Winograd's deconv2, which
-    # "auto" takes on CPU (README, Performance).
+    # "auto" takes on CPU (docs/guides/performance.md).
     assert report["resolved_implementation"] == "winograd"
     assert report["gflop_per_step"] / 24 == pytest.approx(0.0103, rel=0.1)
     assert 0 < report["fraction_of_floor"]

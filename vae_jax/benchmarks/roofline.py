@@ -3,7 +3,7 @@ point operations a compiled function does, so a benchmark can say how near the f
 
     floor seconds = flops / matmul_flops_per_second()
 
-The VAE's time goes almost all into matrix multiplies (README.md, Performance), so the
+The VAE's time goes almost all into matrix multiplies (docs/guides/performance.md), so the
 matmul rate of the device is the speed limit that its steps can be held to.
 """
 

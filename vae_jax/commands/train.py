@@ -1,5 +1,5 @@
 """`python train.py` (also `vae-jax-train`): training's command line over
-`vae_jax.training.loop.train_and_evaluate`; README.md lists the flags."""
+`vae_jax.training.loop.train_and_evaluate`; docs/guides/training.md lists the flags."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The course's `VAE` (DeepLearning.AI GANs course 2, week 2) has a state_dict with keys like
 `encode.disc.0.0.weight` and `decode.gen.3.0.bias`; `from_torch_state_dict` turns it into the
-`{"params", "batch_stats"}` variables of `vae_jax.VAE` (the module mapping is `LAYERS`):
+`{"params", "batch_stats"}` variables of `vae_jax.VAE` (the module mapping is `LAYERS`)::
 
     encode.disc.0.0 Conv2d -> encoder/conv1     decode.gen.0.0 ConvTranspose2d -> decoder/deconv1
     encode.disc.0.1 BN     -> encoder/bn1       decode.gen.0.1 BN              -> decoder/bn1

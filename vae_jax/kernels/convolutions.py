@@ -33,7 +33,7 @@ Implementation = Literal["auto", "xla", "matmul", "winograd"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 
 
-# What "auto" takes on each backend (README, Performance); "winograd" is measured on CPU
+# What "auto" takes on each backend (docs/guides/performance.md); "winograd" is measured on CPU
 # only, and nothing on TPU.
 AUTO_IMPLEMENTATIONS = {"cpu": "winograd", "gpu": "matmul", "tpu": "xla"}
 

@@ -110,7 +110,7 @@ def _col2im(blocks: jax.Array, stride: int, one_pass: bool = False) -> jax.Array
 
     Training avoids the one-pass gathers: the output also feeds a transposing copy (for the
     next layer's kernel gradient), and XLA would fuse them into that copy and make it 20x
-    slower (README, Performance).
+    slower (docs/guides/performance.md).
     """
     blocks = jnp.asarray(blocks)
     batch, height, width, kernel_h, kernel_w, channels = blocks.shape
@@ -137,8 +137,8 @@ def _col2im_by_phase(blocks: jax.Array, stride: int) -> jax.Array:
     kernel offsets p = r, r + stride, ... and q = t, t + stride, ..., offset p from input
     row m - p // stride: each phase is a sum of a few zero-padded, shifted slices of
     `blocks`, and one stack and reshape interleave the phases. XLA fuses this into a pass
-    over the output; the training step ran 7% faster than with the gather (README,
-    Performance).
+    over the output; the training step ran 7% faster than with the gather
+    (docs/guides/performance.md).
     """
     batch, height, width, kernel_h, kernel_w, channels = blocks.shape
     out_h = _output_size(height, kernel_h, stride)
@@ -169,7 +169,7 @@ def _sum_over_positions(a: jax.Array, b: jax.Array) -> jax.Array:
     operands come with N leading (major); the smaller one is transposed explicitly first, so
     the multiply is a plain one that XLA:CPU hands to YNNPACK (and runs together with the
     input gradient's multiply, which reads the same patches). Left to XLA, the transposed
-    operand went to a slower kernel: the step took 5-8% longer (README, Performance).
+    operand went to a slower kernel: the step took 5-8% longer (docs/guides/performance.md).
     """
     positions = math.prod(a.shape[:3])
     a_rest, b_rest = a.shape[3:], b.shape[3:]

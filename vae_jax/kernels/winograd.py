@@ -24,8 +24,9 @@ with P = Ph * Pw points and J = Jh * Jw pieces. Each transform is a small consta
 of 0, +-1, +-1/2 and +-1/4, and a Kronecker product of one per axis. The two that touch
 activations are applied one axis at a time as sums of whole rows of channels
 (`apply_along`), with the transposed sums as their backward pass: as einsums, XLA had
-transposed the products element by element, and the step ran 8-10% slower (README,
-Performance). So this layer, like the "matmul" ones, has reverse-mode derivatives only.
+transposed the products element by element, and the step ran 8-10% slower
+(docs/guides/performance.md). So this layer, like the "matmul" ones, has reverse-mode
+derivatives only.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Dynamic binarization: each pixel becomes 1 with probability equal to its gray level.
 
-The literature's MNIST log-likelihoods (Burda et al. 2015, Kingma et al. 2016; see
-REFERENCE.md) are for binary images drawn this way, a fresh draw each time an image is used
-in training. Under a Bernoulli decoder the binary cross-entropy of a binary image is then a
-true negative log-likelihood; the course's grayscale targets are not (see README.md).
+The literature's MNIST log-likelihoods (Burda et al. 2015, Kingma et al. 2016) are for
+binary images drawn this way, a fresh draw each time an image is used in training. Under a
+Bernoulli decoder the binary cross-entropy of a binary image is then a true negative
+log-likelihood; the course's grayscale targets are not (docs/guides/evaluation.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def reconstruction_loss(logits: jax.Array, images: jax.Array) -> jax.Array:
     per_pixel = jax.nn.softplus(logits) - images * logits  # -log p(image | logits)
     flat = per_pixel.reshape(per_pixel.shape[0], -1)
     # The sum over pixels as a product with ones: XLA:CPU runs this row sum about 6x
-    # faster as a matrix multiply than as a reduction (README, Performance).
+    # faster as a matrix multiply than as a reduction (docs/guides/performance.md).
     return jnp.dot(flat, jnp.ones(flat.shape[1:], flat.dtype), precision=jax.lax.Precision.HIGHEST)
 
 

@@ -1,7 +1,7 @@
 """The course's convolutional VAE as Flax linen modules (NHWC, 28x28 images).
 
-Layer for layer the model of the DeepLearning.AI GANs course 2, week 2 (see README.md,
-"Coming from the course notebook"). Images are float32 in [0, 1], shape (B, 28, 28, im_chan).
+Layer for layer the model of the DeepLearning.AI GANs course 2, week 2 (docs/model.md
+specifies it). Images are float32 in [0, 1], shape (B, 28, 28, im_chan).
 
 The encoder's last convolution gives 2*z_dim numbers per image. Nothing in the architecture
 makes one half a mean and the other a standard deviation: `reparameterize` and the KL term

@@ -5,7 +5,7 @@ training step at batch 1024) and frees it afterwards; glibc serves blocks that l
 fresh `mmap`, so every step faults about 100,000 zeroed 4 KiB pages back in, a quarter of
 the step on a 2-core machine. glibc's tunable `glibc.malloc.hugetlb=1` asks the kernel for
 2 MiB pages on those mappings (`madvise(MADV_HUGEPAGE)`): 500 faults a step instead, the
-same peak memory. Measured in README.md, Performance.
+same peak memory. Measured in docs/guides/performance.md.
 
 Tunables are read when a process starts, so the commands that compute with JAX (those with
 `--platform`: `train.py`, `vae_jax.evaluation`, `vae_jax.benchmarks.suite`, `sample`, `plots`)

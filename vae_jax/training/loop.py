@@ -6,10 +6,12 @@ ELBO (`vae_jax.evaluation.elbo.neg_elbo`), one writer for the epoch's record and
 (`vae_jax.training.writers`), and a checkpoint.
 
 Two ways to run an epoch, with the same result:
+
 * "steps": a Python loop over batches gathered on the host, one jitted `train_step` each,
   with the hooks after every step;
 * "scan": the whole training set on the device and the epoch as one jitted `lax.scan`
   (shuffling on the device, donated state, no host synchronisation inside the epoch).
+
 `epoch_mode="auto"` picks "steps" on CPU and "scan" on GPU/TPU.
 """
 

@@ -45,7 +45,7 @@ def restore_or_initialize(run: RunCheckpoints, initialize: Callable[[], TrainSta
     """(state, the epoch's metric sums so far, restored?): the newest readable checkpoint of
     `run`, else `initialize()` (whose result also gives the shapes to restore into).
 
-        When there is a run to resume, `config` must agree with its saved settings
+    When there is a run to resume, `config` must agree with its saved settings
     (`TrainConfig.check_resumable`). A restored state's arrays are placed with `sharding`
     (e.g. replicated on the run's mesh, however many devices wrote them).
     """
