@@ -33,7 +33,7 @@ def reparameterize(key: jax.Array, mean: jax.Array, stddev: jax.Array) -> jax.Ar
     return mean + stddev * eps
 
 
-def _check_input(name: str, array: jax.Array, expected: tuple) -> None:
+def check_input(name: str, array: jax.Array, expected: tuple) -> None:
     """Raises ValueError unless `array` is floating point with shape `expected` (None = any)."""
     shape = tuple(array.shape)
     if len(shape) != len(expected) or any(
@@ -55,7 +55,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-        _check_input("images", images, (None, IMAGE_SIZE, IMAGE_SIZE, self.im_chan))
+        check_input("images", images, (None, IMAGE_SIZE, IMAGE_SIZE, self.im_chan))
         conv = lambda features, name: Conv2d(  # noqa: E731
             features, kernel_size=4, stride=2, implementation=self.implementation, name=name)
         x = conv(self.hidden_dim, "conv1")(images)                       # (B, 13, 13, 16)
@@ -78,7 +78,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-        _check_input("z", z, (None, self.z_dim))
+        check_input("z", z, (None, self.z_dim))
         deconv = lambda features, kernel_size, stride, name: ConvTranspose2d(  # noqa: E731
             features, kernel_size, stride, implementation=self.implementation, name=name)
         x = z.reshape(z.shape[0], 1, 1, self.z_dim)
