@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from vae_jax.checkpoints.config_file import write_config_file
-from vae_jax.checkpoints.run_checkpoints import RunCheckpoints
+from vae_jax.checkpoints.run_checkpoints import RunCheckpoints, ShouldSave
 from vae_jax.checkpoints.workdir import check_workdir, clear_run_outputs, command_line, exclusive
 from vae_jax.data import input_pipeline
 from vae_jax.evaluation import elbo
@@ -186,7 +186,7 @@ class RunSetup:
                                   self.keys.init, self.keys.train)
 
 
-def periodic_checkpoints(every: int, steps_per_epoch: int):
+def periodic_checkpoints(every: int, steps_per_epoch: int) -> ShouldSave | None:
     """orbax's `should_save_fn` for `--checkpoint-every`: every `every` steps inside an
     epoch (None when 0: an epoch's end saves anyway, outside this policy)."""
     if not every:
