@@ -11,12 +11,12 @@ buffers, as the commands do.
 
 import argparse
 import statistics
-import time
 
 import jax
 
 import vae_jax
 from vae_jax import nnx as vae_nnx
+from vae_jax.benchmarks.runners import time_steps
 from vae_jax.kernels.convolutions import resolve_implementation
 from vae_jax.runtime import hugepages
 from vae_jax.training import steps, train_state
@@ -24,12 +24,7 @@ from vae_jax.training import steps, train_state
 
 def timed(step, count: int) -> float:
     """Median seconds of `count` calls of `step()`, each waited for."""
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        jax.block_until_ready(step())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_steps(lambda: jax.block_until_ready(step()), count))
 
 
 def main() -> None:

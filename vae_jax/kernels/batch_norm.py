@@ -1,7 +1,9 @@
-"""Training-mode batch normalisation with a hand-written backward pass.
+"""Batch normalisation with PyTorch's semantics: training mode with a hand-written backward
+pass, eval mode, and the running statistics' update (one definition for the linen and the
+NNX layers).
 
-Two reductions and one elementwise pass, about half the passes over the activations that
-XLA makes of the automatically differentiated formula.
+The backward pass of training mode is two reductions and one elementwise pass, about half
+the passes over the activations that XLA makes of the automatically differentiated formula.
 """
 
 from __future__ import annotations
@@ -58,3 +60,20 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+def batch_norm_eval(x: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array,
+                    var: jax.Array, epsilon: float) -> jax.Array:
+    """Eval-mode batch normalisation with the running `mean` and `var` (each (C,))."""
+    return (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias
+
+
+def updated_running_statistics(running_mean: jax.Array, running_var: jax.Array,
+                               mean: jax.Array, var: jax.Array, count: int, momentum: float
+                               ) -> tuple[jax.Array, jax.Array]:
+    """The running statistics after a batch of `count` values a channel with mean `mean` and
+    biased variance `var`: `stat = momentum * stat + (1 - momentum) * batch`, with the
+    unbiased batch variance, as PyTorch keeps it (Flax's momentum 0.9 is PyTorch's 0.1)."""
+    unbiased_var = var * (count / max(count - 1, 1))
+    return (momentum * running_mean + (1 - momentum) * mean,
+            momentum * running_var + (1 - momentum) * unbiased_var)

@@ -25,10 +25,9 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-from jax import lax
 
 from vae_jax.kernels import convolutions
-from vae_jax.kernels.batch_norm import batch_norm_train
+from vae_jax.kernels.batch_norm import batch_norm_eval, batch_norm_train, updated_running_statistics
 from vae_jax.kernels.convolutions import Implementation
 
 
@@ -107,12 +106,9 @@ class BatchNorm(nn.Module):
         if train:
             y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
             if not self.is_initializing():
-                count = math.prod(x.shape[:-1])
-                unbiased_var = var * (count / max(count - 1, 1))
-                running_mean.value = (self.momentum * running_mean.value
-                                      + (1 - self.momentum) * mean)
-                running_var.value = (self.momentum * running_var.value
-                                     + (1 - self.momentum) * unbiased_var)
+                running_mean.value, running_var.value = updated_running_statistics(
+                    running_mean.value, running_var.value, mean, var,
+                    math.prod(x.shape[:-1]), self.momentum)
             return y
-        mean, var = running_mean.value, running_var.value
-        return (x - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+        return batch_norm_eval(x, scale, bias, running_mean.value, running_var.value,
+                               self.epsilon)

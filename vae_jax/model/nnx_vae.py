@@ -17,10 +17,9 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax import lax
 
 from vae_jax.kernels import convolutions
-from vae_jax.kernels.batch_norm import batch_norm_train
+from vae_jax.kernels.batch_norm import batch_norm_eval, batch_norm_train, updated_running_statistics
 from vae_jax.kernels.convolutions import Implementation
 from vae_jax.model.layers import torch_uniform_init
 from vae_jax.model.vae import IMAGE_SIZE, check_input, reparameterize
@@ -86,13 +85,11 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.use_running_average:
-            rstd = lax.rsqrt(self.var.value + self.epsilon)
-            return (x - self.mean.value) * (self.scale.value * rstd) + self.bias.value
+            return batch_norm_eval(x, self.scale.value, self.bias.value, self.mean.value,
+                                   self.var.value, self.epsilon)
         y, mean, var = batch_norm_train(x, self.scale.value, self.bias.value, self.epsilon)
-        count = math.prod(x.shape[:-1])
-        unbiased_var = var * (count / max(count - 1, 1))
-        self.mean.value = self.momentum * self.mean.value + (1 - self.momentum) * mean
-        self.var.value = self.momentum * self.var.value + (1 - self.momentum) * unbiased_var
+        self.mean.value, self.var.value = updated_running_statistics(
+            self.mean.value, self.var.value, mean, var, math.prod(x.shape[:-1]), self.momentum)
         return y
 
 
