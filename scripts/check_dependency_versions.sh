@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checks that pyproject.toml's lower bounds are true: installs vae-jax with the lowest
 # versions its bounds allow for every direct dependency (uv's --resolution lowest-direct),
-# prints them, and runs a smoke set against them: the model, loss, checkpoint, command-line
-# and end-to-end training tests, and a tiny `python train.py` run on tfds' offline dummy
-# dataset. Needs the package index (PyPI), not MNIST.
+# prints them, and runs a smoke set against them: the model, loss, checkpoint, command-line,
+# end-to-end training and explorer tests (its page in Chromium too), and a tiny
+# `python train.py` run on tfds' offline dummy dataset. Needs the package index (PyPI), not
+# MNIST.
 #
 #   scripts/check_dependency_versions.sh [--python 3.11] [--venv DIR] [--highest]
 #
@@ -42,11 +43,12 @@ python3 -m uv pip install --quiet --python "$venv/bin/python" --resolution "$res
   -e '.[test]'
 echo "resolved ($resolution, $("$venv/bin/python" --version)):"
 python3 -m uv pip list --python "$venv/bin/python" 2>/dev/null \
-  | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow|tensorflow-cpu|tensorflow-datasets|numpy|tqdm|tensorboardx|matplotlib|pillow|protobuf) '
+  | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint|tensorflow|tensorflow-cpu|tensorflow-datasets|numpy|tqdm|tensorboardx|matplotlib|pillow|protobuf|gradio|playwright) '
 
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_models.py tests/test_losses.py tests/test_checkpoints.py tests/test_cli.py \
-  tests/test_train.py tests/test_first_screen.py tests/test_nnx.py
+  tests/test_train.py tests/test_first_screen.py tests/test_nnx.py tests/test_explore.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -m slow tests/test_explore_page.py
 
 data=$(mktemp -d)
 trap 'rm -rf "$data"' EXIT

@@ -1,0 +1,242 @@
+"""The functions behind the latent-space explorer, without a browser: drawings to digits,
+encode/decode compiled once, walks, slider order, the posterior picture, and the command's
+one-line refusals. tests/test_explore_page.py drives the page itself in Chromium."""
+
+import functools
+import socket
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import vae_jax.explore
+from tests.helpers import save_untrained, untrained_variables
+from vae_jax import VAE
+from vae_jax.commands import explore as explore_command
+from vae_jax.evaluation import likelihood, sampling
+from vae_jax.explore import drawing, figures, latent_space
+from vae_jax.explore.latent_space import LatentSpace
+from vae_jax.model import losses, metrics
+from vae_jax.runtime.errors import InputError
+
+Z_DIM = 32
+
+
+def digit_images(count: int, seed: int = 0) -> np.ndarray:
+    """`count` (28, 28, 1) images of random bright strokes: inputs with varied posteriors."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28, 1), np.float32)
+    for image in images:
+        for _ in range(3):
+            top, left = rng.integers(4, 18, size=2)
+            image[top:top + rng.integers(3, 10), left:left + rng.integers(2, 8)] = rng.uniform(
+                0.5, 1)
+    return images
+
+
+@pytest.fixture(scope="module")
+def space():
+    return LatentSpace(VAE(), untrained_variables(), digit_images(40))
+
+
+# --- drawings ----------------------------------------------------------------------------
+
+
+def stroke_canvas(top: int, left: int, size: int = 280, height: int = 120, width: int = 40):
+    """An RGBA layer with an opaque vertical bar (a "1") at (top, left), and nothing else."""
+    layer = np.zeros((size, size, 4), np.uint8)
+    layer[top:top + height, left:left + width] = (0, 0, 0, 255)
+    return layer
+
+
+def test_a_drawing_becomes_an_mnist_style_digit():
+    image = drawing.to_digit_image(stroke_canvas(30, 50)[..., 3] / 255)
+    chex.assert_shape(image, (28, 28, 1))
+    assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
+    rows, columns = np.nonzero(image[..., 0] > drawing.INK_THRESHOLD)
+    assert rows.max() - rows.min() + 1 <= 21 and rows.max() - rows.min() + 1 >= 19  # 20 high
+    weights = image[..., 0] / image.sum()
+    centre = (weights.sum(axis=1) @ np.arange(28), weights.sum(axis=0) @ np.arange(28))
+    np.testing.assert_allclose(centre, (13.5, 13.5), atol=0.75)
+
+
+def test_where_and_how_big_the_digit_is_drawn_does_not_matter():
+    first = drawing.drawing_to_image({"layers": [stroke_canvas(20, 30)], "composite": None})
+    moved = drawing.drawing_to_image({"layers": [stroke_canvas(140, 200)], "composite": None})
+    chex.assert_trees_all_close(first, moved, atol=1e-6)
+    bigger = drawing.to_digit_image(stroke_canvas(10, 10, height=240, width=80)[..., 3] / 255)
+    chex.assert_trees_all_close(first, bigger, atol=0.08)
+
+
+def test_the_layers_opacity_is_the_ink_and_a_composite_alone_reads_dark_strokes():
+    layer = stroke_canvas(30, 50)
+    composite = np.full((280, 280, 3), 255, np.uint8)
+    composite[30:150, 50:90] = 0  # black strokes flattened on white
+    from_layers = drawing.drawing_to_image({"layers": [layer], "composite": composite})
+    from_composite = drawing.drawing_to_image({"layers": [], "composite": composite})
+    chex.assert_trees_all_close(from_layers, from_composite, atol=1e-6)
+
+
+@pytest.mark.parametrize("canvas", [
+    None,
+    {"layers": [], "composite": None},
+    {"layers": [np.zeros((280, 280, 4), np.uint8)], "composite": None},
+    {"layers": [], "composite": np.full((280, 280, 3), 255, np.uint8)},
+], ids=["nothing", "no composite", "a transparent layer", "a white composite"])
+def test_an_empty_canvas_is_one_line_naming_it(canvas):
+    with pytest.raises(drawing.EmptyDrawing, match="^the canvas is empty: draw a digit first$"):
+        drawing.drawing_to_image(canvas)
+
+
+# --- the latent space --------------------------------------------------------------------
+
+
+def test_encode_is_the_models_encoder_and_decode_its_decoder(space):
+    model, variables = VAE(), untrained_variables()
+    image = digit_images(1, seed=3)[0]
+    posterior = space.encode(image)
+    mean, stddev = model.apply(variables, image[None], train=False, method=VAE.encode)
+    chex.assert_trees_all_close((posterior.mean, posterior.stddev), (mean[0], stddev[0]),
+                                atol=1e-6)
+    chex.assert_trees_all_close(posterior.kl, losses.kl_per_dimension(mean, stddev)[0],
+                                atol=1e-6)
+    z = np.random.default_rng(0).normal(size=(3, Z_DIM)).astype(np.float32)
+    chex.assert_trees_all_close(
+        space.decode(z), jax.nn.sigmoid(likelihood.jitted_decoder(model)(variables, z)),
+        atol=1e-6)
+    chex.assert_trees_all_close(space.reconstruct(posterior), space.decode(mean)[0])
+
+
+def test_each_view_compiles_once():
+    guard = functools.partial(chex.assert_max_traces, n=1)
+    space = LatentSpace(VAE(), untrained_variables(), None, trace_guard=guard)
+    for image in digit_images(4):
+        space.encode(image)                         # the encode view, a drawing or a test image
+    for value in np.linspace(-3, 3, 6):             # a slider moving
+        space.decode(np.full((1, Z_DIM), value, np.float32))
+    with pytest.raises(AssertionError, match="traced > 1 times"):  # the guard can fail
+        space.decode(np.zeros((2, Z_DIM), np.float32))
+
+
+def test_a_walk_is_the_decoded_straight_line_between_two_posterior_means(space):
+    start, end = digit_images(2, seed=7)
+    path = latent_space.interpolate(space.encode(start).mean, space.encode(end).mean)
+    chex.assert_shape(path, (latent_space.WALK_STEPS, Z_DIM))
+    chex.assert_trees_all_close(path[0], space.encode(start).mean)
+    chex.assert_trees_all_close(path[-1], space.encode(end).mean, atol=1e-6)
+    chex.assert_trees_all_close(path[1] - path[0], path[-1] - path[-2], atol=1e-5)
+    chex.assert_trees_all_close(space.walk(start, end), space.decode(path), atol=1e-6)
+
+
+def test_samples_are_what_vae_jax_sample_draws_for_the_seed(space):
+    expected = sampling.sample_images(VAE(), untrained_variables(), jax.random.key(4),
+                                      latent_space.SAMPLE_GRID)
+    chex.assert_trees_all_close(space.samples(4), expected)
+    assert not np.allclose(space.samples(5), expected)
+
+
+def test_latents_are_ranked_by_mean_kl_and_marked_active_as_the_metrics_say(space):
+    means, stddevs = space.encode_many(space.reference_images)
+    mean_kl = np.asarray(losses.kl_per_dimension(means, stddevs)).mean(axis=0)
+    assert sorted(space.use.order) == list(range(Z_DIM))
+    assert np.all(np.diff(mean_kl[space.use.order]) <= 1e-6)
+    np.testing.assert_array_equal(space.use.active,
+                                  metrics.latent_activity(means) > metrics.ACTIVE_UNIT_THRESHOLD)
+    unknown = LatentSpace(VAE(), untrained_variables(), None)
+    np.testing.assert_array_equal(unknown.use.order, np.arange(Z_DIM))
+
+
+def test_sliders_show_a_latent_in_their_order_and_give_it_back():
+    order = np.random.default_rng(1).permutation(Z_DIM)
+    z = np.random.default_rng(2).normal(size=Z_DIM).astype(np.float32)
+    values = latent_space.slider_values(z, order)
+    assert values[0] == round(float(z[order[0]]), 2)
+    chex.assert_trees_all_close(latent_space.latent_from_sliders(values, order), z, atol=0.005)
+    far = latent_space.slider_values(np.full(Z_DIM, 9.0), order)
+    assert max(far) == latent_space.SLIDER_RANGE
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((28, 27, 1)), r"28x28 grayscale, got shape \(28, 27, 1\)"),
+    (np.full((28, 28, 1), 2.0), r"pixels must be in \[0, 1\]"),
+    (np.full((28, 28), np.nan), r"pixels must be in \[0, 1\]"),
+])
+def test_a_bad_image_or_latent_is_one_line(space, image, message):
+    with pytest.raises(InputError, match=message):
+        space.encode(image)
+    with pytest.raises(InputError, match=r"latents must be finite with shape \(n, 32\)"):
+        space.decode(np.zeros((1, 31)))
+
+
+def test_the_posterior_picture_and_enlarged_digits(space):
+    posterior = space.encode(digit_images(1)[0])
+    picture = figures.posterior_figure(posterior, space.use)
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8
+    assert picture.shape[0] > 300 and picture.shape[1] > 500 and picture.std() > 10
+    big = figures.enlarge(digit_images(1)[0])
+    chex.assert_shape(big, (224, 224))
+    np.testing.assert_array_equal(big[::8, ::8], np.round(digit_images(1)[0][..., 0] * 255))
+    chex.assert_shape(figures.strip(digit_images(10)), (30 * 3, 300 * 3))
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def one_line_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_workdir_without_a_model_exits_2_in_one_line(tmp_path, capsys):
+    port = free_port()
+    assert explore_command.main(["--workdir", str(tmp_path), "--port", str(port)]) == 2
+    assert "no saved variables in" in one_line_error(capsys)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_port_in_use_exits_2_in_one_line(tmp_path, capsys):
+    workdir = save_untrained(tmp_path / "model")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert explore_command.main(["--workdir", workdir, "--port", str(port)]) == 2
+    assert one_line_error(capsys).endswith(
+        f"error: --port {port} on 127.0.0.1 is in use: choose another with --port")
+
+
+def test_without_the_explore_extra_the_command_names_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` fails as if missing
+    monkeypatch.delitem(sys.modules, "vae_jax.explore.page", raising=False)
+    monkeypatch.delattr(vae_jax.explore, "page", raising=False)
+    assert explore_command.main(["--workdir", save_untrained(tmp_path / "m")]) == 2
+    assert "needs the explore extra (gradio): pip install -e '.[explore]'" in one_line_error(
+        capsys)
+
+
+def test_the_page_is_served_on_localhost_and_frees_its_port_when_closed(space):
+    import urllib.request
+
+    from vae_jax.explore import page
+    site = page.build_page(space, "untrained")
+    port = free_port()
+    url = page.serve(site, "127.0.0.1", port)
+    try:
+        assert url == f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(f"{url}config", timeout=30) as response:
+            config = response.read().decode()
+        for element in ("canvas", "posterior-table", "slider-0", "walk-strip", "sample-grid"):
+            assert f'"elem_id":"{element}"' in config.replace(" ", "")
+        with pytest.raises(InputError, match=f"--port {port} on 127.0.0.1 is in use"):
+            page.check_port_free("127.0.0.1", port)
+    finally:
+        site.close(verbose=False)
+    page.check_port_free("127.0.0.1", port)
