@@ -143,13 +143,16 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
             raise CheckpointError(f"the variables in {workdir} are not the course VAE's "
                                   f"and there is no config.json") from None
     config.setdefault("im_chan", 1)
-    for key in ("z_dim", "im_chan"):
+    config.setdefault("hidden_dim", VAE.hidden_dim)
+    for key in ("z_dim", "im_chan", "hidden_dim"):
         if not is_positive_int(config[key]):
             raise CheckpointError(f"{os.path.join(workdir, CONFIG_FILE)} is damaged: {key} "
                                   f"must be a positive integer, got {config[key]!r}")
-    model = VAE(z_dim=config["z_dim"], im_chan=config["im_chan"])
+    model = VAE(z_dim=config["z_dim"], im_chan=config["im_chan"],
+                hidden_dim=config["hidden_dim"])
     shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731
     if shapes(variable_shapes(model)) != shapes(variables):
         raise CheckpointError(f"the variables in {workdir} do not fit a VAE with z_dim="
-                              f"{model.z_dim}, im_chan={model.im_chan} (config.json)")
+                              f"{model.z_dim}, im_chan={model.im_chan}, hidden_dim="
+                              f"{model.hidden_dim} (config.json)")
     return model, variables, config

@@ -16,8 +16,8 @@ Every command (`python train.py`, `python -m vae_jax.commands.evaluate`, ..., or
 * a warning (a damaged checkpoint set aside, say) is one line, `PROG: warning: ...`.
 
 The flags that several commands share are defined here once (`add_platform_flag`,
-`add_model_flags`, `add_binarize_flags`), and `add_config_flags` derives a flag from each
-field of a settings dataclass such as `vae_jax.training.config.TrainConfig`.
+`add_model_flags` with `load_model`, `add_binarize_flags`), and `add_config_flags` derives a
+flag from each field of a settings dataclass such as `vae_jax.training.config.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import typing
 import warnings
 from typing import Any, Callable, Literal
 
+from vae_jax import pretrained
+from vae_jax.checkpoints import saved_model
 from vae_jax.checkpoints.config_file import read_config_file
-from vae_jax.checkpoints.saved_model import training_binarize
 from vae_jax.commands.launch import program_name  # noqa: F401 - the commands' prog
 from vae_jax.model.binarize import BINARIZE_MODES
 from vae_jax.runtime import distributed, hugepages, platforms
@@ -203,10 +204,15 @@ def config_from_args(args: argparse.Namespace, config_class: type) -> Any:
 
 
 def add_model_flags(parser: argparse.ArgumentParser, data: bool = True) -> None:
-    """--workdir (a trained run or saved variables), --platform, and with `data` the
-    dataset flags of a command that reads images."""
-    parser.add_argument("--workdir", required=True,
-                        help="a training run (or a directory made by save_variables)")
+    """--workdir (a trained run or saved variables) or --pretrained (a model that ships with
+    the package), --platform, and with `data` the dataset flags of a command that reads
+    images."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a training run (or a directory made by "
+                                          "save_variables)")
+    source.add_argument("--pretrained", choices=pretrained.names(), metavar="NAME",
+                        help="a model that ships with the package instead: "
+                             f"{', '.join(pretrained.names())} (vae_jax.pretrained)")
     add_platform_flag(parser)
     if data:
         parser.add_argument("--dataset", default=None,
@@ -222,10 +228,26 @@ def add_model_flags(parser: argparse.ArgumentParser, data: bool = True) -> None:
                             help="fail at once if the dataset is not in the data directory")
 
 
+def model_directory(args: argparse.Namespace) -> str:
+    """Where the model of `add_model_flags` is: --workdir, or the --pretrained model's."""
+    return args.workdir if args.workdir else pretrained.path(args.pretrained)
+
+
+def output_directory(args: argparse.Namespace) -> str:
+    """Where a command writes by default: --workdir, or the current directory for a
+    --pretrained model (never into the installed package)."""
+    return args.workdir if args.workdir else os.getcwd()
+
+
+def load_model(args: argparse.Namespace):
+    """(model, variables, config) of --workdir or --pretrained."""
+    return saved_model.load_model(model_directory(args))
+
+
 def apply_run_defaults(args: argparse.Namespace) -> None:
     """Fills --dataset, --split and --data-dir that were not given from the run in
     --workdir (what it was trained and tested on), else mnist's test split."""
-    run = read_config_file(args.workdir)
+    run = read_config_file(model_directory(args))
     args.dataset = args.dataset or run.get("dataset") or "mnist"
     args.split = args.split or run.get("test_split") or "test"
     if args.data_dir is None and isinstance(run.get("data_dir"), str) and os.path.isdir(
@@ -248,4 +270,4 @@ def add_binarize_flags(parser: argparse.ArgumentParser) -> None:
 
 def chosen_binarize_mode(args: argparse.Namespace) -> str:
     """--binarize, else what the run in --workdir was trained with, else "none"."""
-    return args.binarize or training_binarize(args.workdir) or "none"
+    return args.binarize or saved_model.training_binarize(model_directory(args)) or "none"

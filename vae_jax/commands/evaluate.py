@@ -11,7 +11,6 @@ import json
 import os
 import sys
 
-from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands import cli
 from vae_jax.data.input_pipeline import load_split
 from vae_jax.evaluation.elbo import DEFAULT_BATCH_SIZE
@@ -53,7 +52,7 @@ def build_parser() -> cli.OneLineParser:
 
 
 def command(args: argparse.Namespace) -> None:
-    model, variables, _ = load_model(args.workdir)
+    model, variables, _ = cli.load_model(args)
     cli.apply_run_defaults(args)
     images, _ = load_split(args.dataset, args.split, args.data_dir, download=args.download)
     main = is_main_process()  # prints; every process computes
@@ -63,7 +62,8 @@ def command(args: argparse.Namespace) -> None:
                             chunk_size=args.iwae_chunk,
                             binarize_mode=cli.chosen_binarize_mode(args), progress=progress,
                             parallel=DataParallel.create(args.devices))
-    result.update(workdir=os.path.abspath(args.workdir), dataset=args.dataset, split=args.split)
+    result.update(workdir=os.path.abspath(cli.model_directory(args)), dataset=args.dataset,
+                  split=args.split)
     if main:
         print(json.dumps(result, allow_nan=False) if args.json else format_summary(result))
 

@@ -1,4 +1,4 @@
-"""`vae-jax-explore --workdir RUN [--port 7860] [--host 127.0.0.1]`: the latent-space page.
+"""`vae-jax-explore --workdir RUN | --pretrained NAME [--port 7860] [--host 127.0.0.1]`.
 
 Serves a local web page for a trained run (or saved variables): draw a digit or pick a test
 image and see its posterior, move the latents and watch the decoder, walk between two
@@ -14,7 +14,6 @@ import sys
 import threading
 import warnings
 
-from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands import cli
 from vae_jax.data.input_pipeline import DatasetError, load_split
 from vae_jax.explore.latent_space import LatentSpace
@@ -64,13 +63,14 @@ def command(args: argparse.Namespace) -> None:
     page = import_page()
     port = args.port or page.DEFAULT_PORT
     page.check_port_free(args.host, port)  # before the seconds of loading
-    model, variables, _ = load_model(args.workdir)
+    model, variables, _ = cli.load_model(args)
     images, note = test_images(args)
     space = LatentSpace(model, variables, images)
-    run_name = os.path.basename(os.path.abspath(args.workdir))
+    where = os.path.abspath(cli.model_directory(args))
+    run_name = args.pretrained or os.path.basename(where)
     site = page.build_page(space, run_name, note)
     url = page.serve(site, args.host, port)
-    print(f"{build_parser().prog}: exploring {os.path.abspath(args.workdir)} at {url} "
+    print(f"{build_parser().prog}: exploring {where} at {url} "
           "(Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

@@ -2,7 +2,7 @@
 
 `vae-jax-plots --workdir RUN [--data-dir D] [--dataset mnist] [--split test]`
 
-writes into RUN:
+writes into RUN (the current directory for `--pretrained NAME`):
 
 * `training_curves.png`: train and test loss (negative ELBO per image, nats) per epoch, from
   RUN/metrics.jsonl (skipped, with a note, when the directory has none), with a second
@@ -28,7 +28,6 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.checkpoints.workdir import require_writable
 from vae_jax.commands import cli
 from vae_jax.data.input_pipeline import load_split
@@ -47,13 +46,13 @@ def build_parser() -> cli.OneLineParser:
 
 
 def command(args: argparse.Namespace) -> None:
-    require_writable(args.workdir)
-    model, variables, _ = load_model(args.workdir)
+    require_writable(cli.output_directory(args))
+    model, variables, _ = cli.load_model(args)
     cli.apply_run_defaults(args)
     images, labels = load_split(args.dataset, args.split, args.data_dir, download=args.download)
     if cli.chosen_binarize_mode(args) == "dynamic":  # what the encoder saw in training
         images = np.asarray(binarize(jax.random.key(args.seed), images))
-    for path in make_plots(args.workdir, model, variables, images, labels):
+    for path in make_plots(cli.output_directory(args), model, variables, images, labels):
         print(path)
 
 

@@ -1,10 +1,11 @@
 """Samples from a trained VAE's prior as a PNG grid.
 
-`vae-jax-sample --workdir RUN [--num 64] [--seed 0] [--out FILE.png]`
+`vae-jax-sample --workdir RUN | --pretrained NAME [--num 64] [--seed 0] [--out FILE.png]`
 
 Draws z ~ N(0, I) from `jax.random.key(seed)`, decodes it in eval mode (BatchNorm running
 averages) and writes sigmoid(logits), the Bernoulli means, as a square grid (the same
-seed gives the same picture). The default output is RUN/samples_seed{seed}.png.
+seed gives the same picture). The default output is RUN/samples_seed{seed}.png (in the
+current directory for a --pretrained model).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 
 import jax
 
-from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands import cli
 from vae_jax.evaluation import grids
 from vae_jax.evaluation.sampling import MAX_SAMPLES, sample_images
@@ -41,7 +41,7 @@ def output_path(args: argparse.Namespace) -> str:
     workdir; samples_seed{SEED}.png inside a directory. Raises InputError when it cannot be
     written."""
     name = f"samples_seed{args.seed}.png"
-    out = args.out or os.path.join(args.workdir, name)
+    out = args.out or os.path.join(cli.output_directory(args), name)
     if os.path.isdir(out):
         out = os.path.join(out, name)
     elif not out.lower().endswith(".png"):
@@ -55,7 +55,7 @@ def output_path(args: argparse.Namespace) -> str:
 
 
 def command(args: argparse.Namespace) -> None:
-    model, variables, _ = load_model(args.workdir)
+    model, variables, _ = cli.load_model(args)
     out = output_path(args)
     samples = sample_images(model, variables, jax.random.key(args.seed), args.num)
     grids.save_samples(out, samples, title=f"{args.num} samples from the prior, seed {args.seed}")

@@ -96,16 +96,20 @@ class VAE(nn.Module):
 
     `__call__(images, key, train=...)` -> (logits, mean, stddev): logits (B, 28, 28, im_chan),
     mean and stddev (B, z_dim). The sample's noise comes from the caller's `key`.
+    `hidden_dim` is the encoder's first channel count (the course's 16); the decoder's is
+    4x it (the course's 64), so one number widens the whole model.
     """
 
     z_dim: int = 32
     im_chan: int = 1
     implementation: Implementation = "auto"
+    hidden_dim: int = 16
 
     def setup(self):
         self.encoder = Encoder(z_dim=self.z_dim, im_chan=self.im_chan,
-                               implementation=self.implementation)
+                               hidden_dim=self.hidden_dim, implementation=self.implementation)
         self.decoder = Decoder(z_dim=self.z_dim, im_chan=self.im_chan,
+                               hidden_dim=4 * self.hidden_dim,
                                implementation=self.implementation)
 
     def encode(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping
 
 from vae_jax.kernels.convolutions import Implementation
 from vae_jax.model.binarize import BinarizeMode
+from vae_jax.model.objectives import Objective, ObjectiveName
 from vae_jax.runtime.errors import NON_NEGATIVE, InputError, is_non_negative
 
 EpochMode = Literal["auto", "steps", "scan"]
@@ -53,6 +54,18 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8)",
                                    positive=True, resume_must_match=True)
     z_dim: int = setting(32, "latent dimensions", positive=True, resume_must_match=True)
+    hidden_dim: int = setting(
+        16, "the encoder's first convolution's channels (the course's 16); the others scale "
+        "with it: the encoder's second has twice as many, the decoder's 16x, 8x and 4x",
+        positive=True, resume_must_match=True)
+    objective: ObjectiveName = setting(
+        "elbo", "what training maximises: elbo (the course's); iwae, the importance-weighted "
+        "bound with --objective-samples K; dreg, the same bound with the doubly-"
+        "reparameterized gradient for the encoder (the test loss reported is the ELBO "
+        "either way)", resume_must_match=True)
+    objective_samples: int = setting(
+        1, "K, the importance samples per image of iwae and dreg (1 for elbo)",
+        positive=True, resume_must_match=True, metavar="K")
     kl_weight: float = setting(
         1.0, "beta, the weight of the KL term in the loss that is optimised (1: the course; "
         "0: an autoencoder; above 1: a beta-VAE); the negative ELBO reported is always the "
@@ -104,10 +117,20 @@ class TrainConfig:
                 raise InputError(f"{field.name} {NON_NEGATIVE}, got {value}")
             if meta["maximum"] is not None and not 0 <= value <= meta["maximum"]:
                 raise InputError(f"{field.name} must be in 0..{meta['maximum']}, got {value}")
+        if self.objective == "elbo" and self.objective_samples != 1:
+            raise InputError(f"objective_samples {self.objective_samples} needs objective iwae "
+                             "or dreg: the ELBO takes one sample")
+        if self.objective != "elbo" and (self.kl_weight != 1 or self.kl_warmup_epochs):
+            raise InputError(f"objective {self.objective} bounds log p(x) itself: kl_weight "
+                             "and kl_warmup_epochs are for the elbo objective")
+
+    def training_objective(self) -> Objective:
+        """What the training step minimises (`vae_jax.model.objectives`)."""
+        return Objective(self.objective, self.objective_samples)
 
     def model_config(self) -> dict[str, Any]:
-        """What `vae_jax.VAE` is built from: `{"z_dim": ..., "im_chan": 1}`."""
-        return {"z_dim": self.z_dim, "im_chan": 1}
+        """What `vae_jax.VAE` is built from: `{"z_dim": ..., "im_chan": 1, "hidden_dim": ...}`."""
+        return {"z_dim": self.z_dim, "im_chan": 1, "hidden_dim": self.hidden_dim}
 
     def to_json(self) -> dict[str, Any]:
         """What config.json holds for a training run: the model configuration and every

@@ -32,7 +32,7 @@ from vae_jax.checkpoints.config_file import write_config_file
 from vae_jax.checkpoints.run_checkpoints import RunCheckpoints, ShouldSave
 from vae_jax.checkpoints.workdir import check_workdir, clear_run_outputs, command_line, exclusive
 from vae_jax.data import input_pipeline
-from vae_jax.evaluation import elbo
+from vae_jax.evaluation import elbo, likelihood
 from vae_jax.model.losses import METRIC_NAMES
 from vae_jax.model.vae import VAE, variable_shapes
 from vae_jax.runtime import platforms
@@ -130,7 +130,7 @@ class EpochRunner:
         self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
         self.kl_weight = kl_schedule(config, len(images))
         options = dict(binarize=config.binarize == "dynamic", parallel=parallel,
-                       kl_weight=self.kl_weight)
+                       kl_weight=self.kl_weight, objective=config.training_objective())
         self.step_fn = make_train_step(**options)
         self.epoch_fn = make_train_epoch(config.batch_size, **options)
         self.device_images = parallel.replicate(images) if self.mode == "scan" else None
@@ -170,7 +170,8 @@ class RunSetup:
         """Checks `workdir`, the model's size and the data before anything is written."""
         config = dataclasses.replace(config, epoch_mode=resolve_epoch_mode(config.epoch_mode))
         check_workdir(workdir)
-        model = VAE(z_dim=config.z_dim, implementation=config.implementation)
+        model = VAE(z_dim=config.z_dim, implementation=config.implementation,
+                    hidden_dim=config.hidden_dim)
         check_fits_in_memory(model, config)
         parallel = DataParallel.create(config.devices)
         train_images, test_images = (
@@ -184,6 +185,23 @@ class RunSetup:
     def initial_state(self) -> TrainState:
         return create_train_state(self.model, make_optimizer(self.config.learning_rate),
                                   self.keys.init, self.keys.train)
+
+
+def test_objective(setup: RunSetup, state: TrainState, test_pass: elbo.ElboPass,
+                   epoch: int) -> dict[str, float]:
+    """`{"test_objective": minus the IWAE bound with the run's K}` on the test split for an
+    iwae or dreg run (the objective's own value, beside the ELBO), reusing the test pass's
+    posterior and key; empty for the elbo objective."""
+    config = setup.config
+    if config.objective == "elbo":
+        return {}
+    num = config.objective_samples
+    log_px = likelihood.iwae_log_likelihoods(
+        setup.model, state.variables, test_pass, jax.random.fold_in(setup.keys.eval, epoch),
+        num_samples=num, batch_size=config.batch_size,
+        chunk_size=likelihood.default_chunk_size(num, config.batch_size),
+        parallel=setup.parallel)
+    return {"test_objective": -float(np.mean(log_px))}
 
 
 def periodic_checkpoints(every: int, steps_per_epoch: int) -> ShouldSave | None:
@@ -261,10 +279,11 @@ def train_epochs(setup: RunSetup, run: RunCheckpoints, writer: EpochWriter, stat
             hooks.require_finite(sums["loss"], "the epoch's training loss", step_of(state),
                                  steps_per_epoch, run.directory)
             train_seconds = time.perf_counter() - start
-            test = elbo.neg_elbo(setup.model, state.variables, setup.test_images,
-                                 jax.random.fold_in(setup.keys.eval, epoch),
-                                 batch_size=config.batch_size, binarize_mode=config.binarize,
-                                 parallel=setup.parallel).averages()
+            test_pass = elbo.neg_elbo(setup.model, state.variables, setup.test_images,
+                                      jax.random.fold_in(setup.keys.eval, epoch),
+                                      batch_size=config.batch_size,
+                                      binarize_mode=config.binarize, parallel=setup.parallel)
+            test = test_pass.averages()
             hooks.require_finite(test, "the test loss", step_of(state), steps_per_epoch,
                                  run.directory)
             trained = len(setup.train_images) - batches_done * config.batch_size
@@ -272,6 +291,7 @@ def train_epochs(setup: RunSetup, run: RunCheckpoints, writer: EpochWriter, stat
                       **{f"train_{name}": float(to_host(sums[name])) / len(setup.train_images)
                          for name in METRIC_NAMES},
                       **{f"test_{name}": test[name] for name in METRIC_NAMES},
+                      **test_objective(setup, state, test_pass, epoch),
                       "kl_weight": float(run_epoch.kl_weight(step_of(state) - 1)),
                       "images_per_sec": trained / train_seconds,
                       "seconds": time.perf_counter() - start,
