@@ -64,6 +64,8 @@ def posterior_table(posterior: Posterior, space: LatentSpace) -> str:
 
 
 def use_summary(space: LatentSpace, note: str | None) -> str:
+    """The heading's last sentence: how many latents the test images use, or why the page
+    has no test images (`note`)."""
     if not np.all(np.isfinite(space.use.activity)):
         return f"No test images were loaded ({note}): the latents are in index order." if note \
             else "No test images were loaded: the latents are in index order."
