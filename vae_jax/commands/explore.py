@@ -20,10 +20,11 @@ from vae_jax.explore.latent_space import LatentSpace
 from vae_jax.runtime.errors import InputError, first_line
 
 DEFAULT_HOST = "127.0.0.1"
+MODULE_PROG = "python -m vae_jax.commands.explore"
 
 
 def build_parser() -> cli.OneLineParser:
-    parser = cli.OneLineParser(prog=cli.program_name("python -m vae_jax.commands.explore"),
+    parser = cli.OneLineParser(prog=cli.program_name(MODULE_PROG),
                                description="Serve a local page to explore a trained VAE's "
                                            "latent space.")
     cli.add_model_flags(parser)
@@ -70,13 +71,13 @@ def command(args: argparse.Namespace) -> None:
     run_name = args.pretrained or os.path.basename(where)
     site = page.build_page(space, run_name, note)
     url = page.serve(site, args.host, port)
-    print(f"{build_parser().prog}: exploring {where} at {url} "
-          "(Ctrl-C stops)", flush=True)
+    prog = cli.program_name(MODULE_PROG)
+    print(f"{prog}: exploring {where} at {url} (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         site.close(verbose=False)
-        print(f"{build_parser().prog}: stopped", file=sys.stderr)
+        print(f"{prog}: stopped", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ def posterior_figure(posterior: Posterior, use: LatentUse) -> np.ndarray:
     of each dimension from the prior, in nats, with the reference images' mean KL.
     """
     order, dims = use.order, np.arange(len(use.order))
-    active = use.active[order] if np.all(np.isfinite(use.activity)) else np.ones(len(order), bool)
+    active = use.active[order] if use.measured else np.ones(len(order), bool)
     picture = grids.figure(figsize=(7.2, 4.2))
     top, bottom = picture.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     top.axhspan(-1, 1, color="0.88", label="prior N(0, 1): ±1 std")
@@ -57,7 +57,7 @@ def posterior_figure(posterior: Posterior, use: LatentUse) -> np.ndarray:
     top.set_title("q(z | x) beside the prior, most informative latents first", fontsize=10)
     bottom.bar(dims, posterior.kl[order], color=np.where(active, "tab:blue", "0.55"),
                label="this image")
-    if np.all(np.isfinite(use.mean_kl)):
+    if use.measured:
         bottom.plot(dims, use.mean_kl[order], "_", color="tab:red", markersize=10,
                     markeredgewidth=2, label="mean over the test images")
     bottom.set_ylabel("KL (nats)")

@@ -45,6 +45,11 @@ class LatentUse:
     order: np.ndarray
 
     @property
+    def measured(self) -> bool:
+        """Whether reference images gave the numbers (False: `unordered_use`, all NaN)."""
+        return bool(np.all(np.isfinite(self.mean_kl)))
+
+    @property
     def active(self) -> np.ndarray:
         """(z_dim,) bool: activity above metrics.ACTIVE_UNIT_THRESHOLD."""
         return self.activity > metrics.ACTIVE_UNIT_THRESHOLD

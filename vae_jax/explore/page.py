@@ -51,10 +51,9 @@ The encoder turns an image into a **mean** and a **standard deviation** for each
 def posterior_table(posterior: Posterior, space: LatentSpace) -> str:
     """The posterior as an HTML table in the sliders' order: latent, mean, std dev, KL from
     the prior (nats) and whether the latent is active over the test images."""
-    known = np.all(np.isfinite(space.use.activity))
     rows = []
     for d in space.use.order:
-        active = ("yes" if space.use.active[d] else "no") if known else "?"
+        active = ("yes" if space.use.active[d] else "no") if space.use.measured else "?"
         rows.append(f"<tr><td>z{d}</td><td>{posterior.mean[d]:.3f}</td>"
                     f"<td>{posterior.stddev[d]:.3f}</td><td>{posterior.kl[d]:.3f}</td>"
                     f"<td>{active}</td></tr>")
@@ -66,7 +65,7 @@ def posterior_table(posterior: Posterior, space: LatentSpace) -> str:
 def use_summary(space: LatentSpace, note: str | None) -> str:
     """The heading's last sentence: how many latents the test images use, or why the page
     has no test images (`note`)."""
-    if not np.all(np.isfinite(space.use.activity)):
+    if not space.use.measured:
         return f"No test images were loaded ({note}): the latents are in index order." if note \
             else "No test images were loaded: the latents are in index order."
     count = len(space.reference_images)
@@ -217,7 +216,7 @@ def _picture(label: str, element_id: str, height: int | None = None) -> gr.Image
 def _slider(space: LatentSpace, position: int, dimension: int) -> gr.Slider:
     use = space.use
     info = None
-    if np.isfinite(use.mean_kl[dimension]):
+    if use.measured:
         state = "active" if use.active[dimension] else "inactive"
         info = f"{state}, mean KL {use.mean_kl[dimension]:.2f} nats"
     return gr.Slider(-SLIDER_RANGE, SLIDER_RANGE, value=0.0, step=10 ** -SLIDER_DECIMALS,
