@@ -8,7 +8,7 @@ import optax
 
 from vae_jax import reparameterize
 from vae_jax.model import losses
-from vae_jax.training.steps import kl_weight_schedule
+from vae_jax.training.schedules import kl_weight_schedule
 
 
 def test_reparameterize_same_key_same_sample_different_keys_differ():

@@ -12,7 +12,7 @@ from vae_jax import VAE
 from vae_jax.data import input_pipeline
 from vae_jax.evaluation import elbo
 from vae_jax.model import losses
-from vae_jax.training import loop, steps, train_state
+from vae_jax.training import loop, schedules, steps, train_state
 from vae_jax.training.config import TrainConfig
 
 
@@ -233,10 +233,10 @@ def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone
     state = sgd_state()
     course = jax.jit(steps.train_step)(state, images)
     chex.assert_trees_all_equal(course, jax.jit(steps.train_step, static_argnums=(2, 3))(
-        state, images, False, steps.kl_weight_schedule(1.0)))
+        state, images, False, schedules.kl_weight_schedule(1.0)))
 
     autoencoder, metrics = jax.jit(steps.train_step, static_argnums=(2, 3))(
-        state, images, False, steps.kl_weight_schedule(0.0))
+        state, images, False, schedules.kl_weight_schedule(0.0))
     _, sample_key = jax.random.split(state.key)
 
     def reconstruction_only(params):  # the same step, written out without the KL term
@@ -253,14 +253,14 @@ def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone
 
 def test_a_kl_warm_up_counts_epochs_in_steps():
     config = TrainConfig(batch_size=16, kl_weight=2.0, kl_warmup_epochs=2)
-    schedule = loop.kl_schedule(config, num_train_images=40)   # 3 steps per epoch
+    schedule = schedules.run_kl_weight(config, steps_per_epoch=3)
     np.testing.assert_allclose([schedule(step) for step in (0, 3, 6, 9)], [0.0, 1.0, 2.0, 2.0])
-    assert [loop.kl_schedule(TrainConfig(), 40)(step) for step in (0, 9)] == [1.0, 1.0]
+    assert [schedules.run_kl_weight(TrainConfig(), 3)(step) for step in (0, 9)] == [1.0, 1.0]
 
 
 @pytest.mark.slow(reason="compiles the step loop and the scan epoch with a warm-up")
 def test_the_scan_epoch_warms_the_kl_weight_up_like_the_step_loop(sgd_state, epoch_images):
-    warm_up = steps.kl_weight_schedule(weight=2.0, warmup_steps=4)
+    warm_up = schedules.kl_weight_schedule(weight=2.0, warmup_steps=4)
     key = jax.random.key(7)
     step = steps.make_train_step(max_traces=2, kl_weight=warm_up)
     stepped, stepped_sums = loop.run_epoch_steps(step, sgd_state(), epoch_images, key, 8)
@@ -269,7 +269,7 @@ def test_the_scan_epoch_warms_the_kl_weight_up_like_the_step_loop(sgd_state, epo
     assert_states_close(scanned, stepped, rtol=2e-4, atol=2e-5)
     chex.assert_trees_all_close(scanned_sums, stepped_sums, rtol=1e-4)
     # ... and the warm-up is not a no-op: β = 2 from the first step trains differently.
-    beta_two = steps.make_train_step(kl_weight=steps.kl_weight_schedule(2.0))
+    beta_two = steps.make_train_step(kl_weight=schedules.kl_weight_schedule(2.0))
     constant, _ = loop.run_epoch_steps(beta_two, sgd_state(), epoch_images, key, 8)
     assert not np.allclose(constant.params["encoder"]["conv3"]["kernel"],
                            stepped.params["encoder"]["conv3"]["kernel"], atol=1e-5)

@@ -73,9 +73,11 @@ def test_cli_run_writes_tensorboard_scalars_and_images(mock_run):
                 else:
                     scalars[value.tag] = value.simple_value
     assert {"train/loss", "test/loss", "test/reconstruction", "test/kl",
-            "speed/images_per_sec"} <= set(scalars)
+            "speed/images_per_sec", "schedule/learning_rate", "schedule/kl_weight"} <= set(scalars)
     record = json.loads(open(mock_run / "metrics.jsonl").readline())
     np.testing.assert_allclose(scalars["test/loss"], record["test_loss"], rtol=1e-6)
+    assert (scalars["schedule/learning_rate"], scalars["schedule/kl_weight"]) == (
+        pytest.approx(2e-3), 1.0)
     assert set(images) == {"reconstructions", "samples"}
     assert images["reconstructions"].width == 2 * images["reconstructions"].height
 

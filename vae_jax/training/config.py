@@ -19,6 +19,7 @@ from vae_jax.kernels.convolutions import Implementation
 from vae_jax.model.binarize import BinarizeMode
 from vae_jax.model.objectives import Objective, ObjectiveName
 from vae_jax.runtime.errors import NON_NEGATIVE, InputError, is_non_negative
+from vae_jax.training.schedules import LearningRateScheduleName
 
 EpochMode = Literal["auto", "steps", "scan"]
 MAX_SEED = 2**32 - 1  # a PRNG key holds 32 bits of seed: larger seeds would wrap around
@@ -45,14 +46,29 @@ def setting(default, help: str, *, positive: bool = False, non_negative: bool = 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A run's settings; the defaults are the course's recipe (MNIST, 10 epochs, batch 1024,
-    Adam 2e-3, z_dim 32)."""
+    Adam at a constant 2e-3, z_dim 32)."""
 
     epochs: int = setting(10, "passes over the training split", positive=True)
     batch_size: int = setting(
         1024, "images per step; every image is used every epoch, the last batch is smaller",
         positive=True, resume_must_match=True)
-    learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8)",
+    learning_rate: float = setting(2e-3, "Adam's learning rate (betas 0.9/0.999, eps 1e-8), "
+                                   "the peak of a schedule",
                                    positive=True, resume_must_match=True)
+    lr_schedule: LearningRateScheduleName = setting(
+        "constant", "how the learning rate moves after the warm-up: constant (the course's); "
+        "cosine or exponential, a decay to --lr-end-fraction of it by epoch --lr-decay-epochs, "
+        "held there after", resume_must_match=True)
+    lr_warmup_epochs: int = setting(
+        0, "raise the learning rate linearly from 0 over the first N epochs, step by step",
+        non_negative=True, resume_must_match=True, metavar="N")
+    lr_decay_epochs: int = setting(
+        0, "the epoch by which a cosine or exponential decay ends, warm-up included (a run "
+        "stores it resolved: to train on past it, pass it again)", positive=True,
+        resume_must_match=True, default_text="--epochs", metavar="N")
+    lr_end_fraction: float = setting(
+        0.01, "where a decay ends, as a fraction of --learning-rate (0 to 1)", positive=True,
+        resume_must_match=True, metavar="F")
     z_dim: int = setting(32, "latent dimensions", positive=True, resume_must_match=True)
     hidden_dim: int = setting(
         16, "the encoder's first convolution's channels (the course's 16); the others scale "
@@ -120,9 +136,31 @@ class TrainConfig:
         if self.objective == "elbo" and self.objective_samples != 1:
             raise InputError(f"objective_samples {self.objective_samples} needs objective iwae "
                              "or dreg: the ELBO takes one sample")
+        self._check_learning_rate()
         if self.objective != "elbo" and (self.kl_weight != 1 or self.kl_warmup_epochs):
             raise InputError(f"objective {self.objective} bounds log p(x) itself: kl_weight "
                              "and kl_warmup_epochs are for the elbo objective")
+
+    def _check_learning_rate(self) -> None:
+        if self.lr_end_fraction > 1:
+            raise InputError(f"lr_end_fraction must be at most 1, got {self.lr_end_fraction}")
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        if self.lr_schedule == "constant":
+            for name in ("lr_decay_epochs", "lr_end_fraction"):
+                if getattr(self, name) != defaults[name]:
+                    raise InputError(f"{name} {getattr(self, name)} needs lr_schedule cosine "
+                                     "or exponential: the constant rate does not decay")
+        elif self.lr_decay_end() <= self.lr_warmup_epochs:
+            raise InputError(f"the {self.lr_schedule} decay ends at epoch "
+                             f"{self.lr_decay_end()}, not after the {self.lr_warmup_epochs} "
+                             "epochs of warm-up: lengthen lr_decay_epochs or epochs")
+
+    def lr_decay_end(self) -> int:
+        """The epoch by which the learning rate has decayed: `lr_decay_epochs`, else
+        `epochs`; 0 for the constant rate, which does not decay."""
+        if self.lr_schedule == "constant":
+            return 0
+        return self.lr_decay_epochs or self.epochs
 
     def training_objective(self) -> Objective:
         """What the training step minimises (`vae_jax.model.objectives`)."""

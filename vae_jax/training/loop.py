@@ -41,7 +41,8 @@ from vae_jax.runtime.errors import InputError
 from vae_jax.runtime.mesh import DataParallel, barrier, host, to_host
 from vae_jax.training import hooks, resume
 from vae_jax.training.config import EpochMode, TrainConfig
-from vae_jax.training.steps import kl_weight_schedule, make_train_epoch, make_train_step
+from vae_jax.training.schedules import run_kl_weight, run_learning_rate, value_at
+from vae_jax.training.steps import make_train_epoch, make_train_step
 from vae_jax.training.train_state import (
     RunKeys,
     TrainState,
@@ -112,12 +113,6 @@ def check_fits_in_memory(model: VAE, config: TrainConfig) -> None:
                          f"GiB, more than the {available / 2**30:,.0f} GiB of memory here")
 
 
-def kl_schedule(config: TrainConfig, num_train_images: int) -> optax.Schedule:
-    """β over the run: `--kl-weight`, reached over the first `--kl-warmup-epochs` epochs."""
-    steps_per_epoch = input_pipeline.num_batches(num_train_images, config.batch_size)
-    return kl_weight_schedule(config.kl_weight, config.kl_warmup_epochs * steps_per_epoch)
-
-
 class EpochRunner:
     """Runs one epoch of training in the chosen mode: "steps" (a jitted step per batch, with
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
@@ -128,7 +123,8 @@ class EpochRunner:
                  step_hooks: tuple[hooks.StepHook, ...], progress: bool):
         self.config, self.images, self.mode = config, images, config.epoch_mode
         self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
-        self.kl_weight = kl_schedule(config, len(images))
+        self.kl_weight = run_kl_weight(
+            config, input_pipeline.num_batches(len(images), config.batch_size))
         options = dict(binarize=config.binarize == "dynamic", parallel=parallel,
                        kl_weight=self.kl_weight, objective=config.training_objective())
         self.step_fn = make_train_step(**options)
@@ -165,10 +161,15 @@ class RunSetup:
     def steps_per_epoch(self) -> int:
         return input_pipeline.num_batches(len(self.train_images), self.config.batch_size)
 
+    @property
+    def learning_rate(self) -> optax.ScalarOrSchedule:
+        return run_learning_rate(self.config, self.steps_per_epoch)
+
     @classmethod
     def create(cls, config: TrainConfig, workdir: str) -> "RunSetup":
         """Checks `workdir`, the model's size and the data before anything is written."""
-        config = dataclasses.replace(config, epoch_mode=resolve_epoch_mode(config.epoch_mode))
+        config = dataclasses.replace(config, epoch_mode=resolve_epoch_mode(config.epoch_mode),
+                                     lr_decay_epochs=config.lr_decay_end())
         check_workdir(workdir)
         model = VAE(z_dim=config.z_dim, implementation=config.implementation,
                     hidden_dim=config.hidden_dim)
@@ -183,7 +184,7 @@ class RunSetup:
                    train_images, test_images)
 
     def initial_state(self) -> TrainState:
-        return create_train_state(self.model, make_optimizer(self.config.learning_rate),
+        return create_train_state(self.model, make_optimizer(self.learning_rate),
                                   self.keys.init, self.keys.train)
 
 
@@ -293,6 +294,7 @@ def train_epochs(setup: RunSetup, run: RunCheckpoints, writer: EpochWriter, stat
                       **{f"test_{name}": test[name] for name in METRIC_NAMES},
                       **test_objective(setup, state, test_pass, epoch),
                       "kl_weight": float(run_epoch.kl_weight(step_of(state) - 1)),
+                      "learning_rate": value_at(setup.learning_rate, step_of(state) - 1),
                       "images_per_sec": trained / train_seconds,
                       "seconds": time.perf_counter() - start,
                       "devices": setup.parallel.device_count,

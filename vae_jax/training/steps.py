@@ -1,4 +1,4 @@
-"""The jitted training computations: one step, and one whole epoch; the KL weight's schedule.
+"""The jitted training computations: one step, and one whole epoch.
 
 An epoch runs either as a Python loop of `make_train_step()` calls (`vae_jax.training.loop`)
 or as `make_train_epoch()`, one jitted `lax.scan` over data held on the device; both give
@@ -18,18 +18,8 @@ from vae_jax.model import losses, objectives
 from vae_jax.model.binarize import binarize as binarize_images
 from vae_jax.model.objectives import ELBO, Objective
 from vae_jax.runtime.mesh import DataParallel
+from vae_jax.training.schedules import COURSE_KL_WEIGHT
 from vae_jax.training.train_state import TrainState
-
-
-def kl_weight_schedule(weight: float = 1.0, warmup_steps: int = 0) -> optax.Schedule:
-    """β, the KL term's weight, at each step (counted from 0): `weight`, reached linearly
-    from 0 over the first `warmup_steps` steps (0: `weight` from the first step on)."""
-    if warmup_steps <= 0:
-        return optax.constant_schedule(weight)
-    return optax.linear_schedule(0.0, weight, warmup_steps)
-
-
-COURSE_KL_WEIGHT = kl_weight_schedule()  # β = 1 throughout, as the course trains
 
 
 def train_step(state: TrainState, images: jax.Array, binarize: bool = False,

@@ -52,8 +52,9 @@ def step_of(state: TrainState) -> int:
     return int(to_host(state.step))
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Adam with PyTorch's (and optax's) defaults: betas 0.9/0.999, eps 1e-8."""
+def make_optimizer(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    """Adam with PyTorch's (and optax's) defaults: betas 0.9/0.999, eps 1e-8; the learning
+    rate a number or a schedule (`vae_jax.training.schedules`)."""
     return optax.adam(learning_rate)
 
 

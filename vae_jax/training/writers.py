@@ -110,11 +110,13 @@ class EpochWriter:
                 "samples": grids.tile(pictures.samples)}
 
     def _write_tensorboard(self, record: dict, mosaics: dict[str, np.ndarray]) -> None:
-        """The epoch's scalars (train/…, test/…, speed/…) and image grids."""
+        """The epoch's scalars (train/…, test/…, schedule/…, speed/…) and image grids."""
         epoch = record["epoch"]
         for name, value in record.items():
             if name.startswith(("train_", "test_")):
                 self.tensorboard.add_scalar(name.replace("_", "/", 1), value, epoch)
+        for name in ("learning_rate", "kl_weight"):
+            self.tensorboard.add_scalar(f"schedule/{name}", record[name], epoch)
         self.tensorboard.add_scalar("speed/images_per_sec", record["images_per_sec"], epoch)
         self.tensorboard.add_scalar("speed/epoch_seconds", record["seconds"], epoch)
         for name, mosaic in mosaics.items():
