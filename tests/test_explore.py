@@ -4,6 +4,7 @@ one-line refusals. tests/test_explore_page.py drives the page itself in Chromium
 
 import functools
 import socket
+import subprocess
 import sys
 
 import chex
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import vae_jax.explore
-from tests.helpers import save_untrained, untrained_variables
+from tests.helpers import REPO_ROOT, save_untrained, untrained_variables
 from vae_jax import VAE
 from vae_jax.commands import explore as explore_command
 from vae_jax.evaluation import likelihood, sampling
@@ -240,3 +241,25 @@ def test_the_page_is_served_on_localhost_and_frees_its_port_when_closed(space):
     finally:
         site.close(verbose=False)
     page.check_port_free("127.0.0.1", port)
+
+
+# Ctrl-C sent to the process may land on any of its threads (the server's, XLA's); here a
+# thread sends SIGINT to itself, the case the main thread is not woken by.
+SIGINT_ON_ANOTHER_THREAD = """
+import signal, threading, time
+from vae_jax.commands.explore import wait_for_ctrl_c
+
+def interrupt_from_this_thread():
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+threading.Thread(target=interrupt_from_this_thread, daemon=True).start()
+wait_for_ctrl_c()
+print("returned")
+"""
+
+
+def test_ctrl_c_stops_the_explorer_whichever_thread_the_signal_lands_on():
+    finished = subprocess.run([sys.executable, "-c", SIGINT_ON_ANOTHER_THREAD],
+                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert (finished.returncode, finished.stdout) == (0, "returned\n"), finished.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
+import time
 import warnings
 
 from vae_jax.commands import cli
@@ -60,6 +60,17 @@ def test_images(args: argparse.Namespace):
     return images, None
 
 
+def wait_for_ctrl_c(poll_seconds: float = 0.25) -> None:
+    """Returns when Ctrl-C (SIGINT) arrives. A short sleep in a loop, not one blocking wait:
+    the kernel may hand the signal to any of the server's threads, and Python runs its
+    handler only when the main thread next wakes, which a wait on a lock never does."""
+    try:
+        while True:
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        return
+
+
 def command(args: argparse.Namespace) -> None:
     page = import_page()
     port = args.port or page.DEFAULT_PORT
@@ -73,11 +84,9 @@ def command(args: argparse.Namespace) -> None:
     url = page.serve(site, args.host, port)
     prog = cli.program_name(MODULE_PROG)
     print(f"{prog}: exploring {where} at {url} (Ctrl-C stops)", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        site.close(verbose=False)
-        print(f"{prog}: stopped", file=sys.stderr)
+    wait_for_ctrl_c()
+    site.close(verbose=False)
+    print(f"{prog}: stopped", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
