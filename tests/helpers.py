@@ -3,6 +3,7 @@ worker processes of the device and process tests."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,14 @@ MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
 # Two convolution implementations agree within float32 rounding (tests/test_layers.py,
 # tests/test_winograd.py).
 CONV_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def with_default_ctrl_c() -> None:
+    """`preexec_fn` for a child that a test sends SIGINT: the signal at its default
+    disposition, which Python turns into KeyboardInterrupt. A child inherits an ignored
+    SIGINT, as every command started in the background by a script has (bash ignores it
+    there), and then would not stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_config(**overrides) -> TrainConfig:
