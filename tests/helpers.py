@@ -1,6 +1,7 @@
 """What several test modules share: paths, the test configuration, saved models, and the
 worker processes of the device and process tests."""
 
+import contextlib
 import json
 import os
 import signal
@@ -29,12 +30,17 @@ MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
 CONV_TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-def with_default_ctrl_c() -> None:
-    """`preexec_fn` for a child that a test sends SIGINT: the signal at its default
-    disposition, which Python turns into KeyboardInterrupt. A child inherits an ignored
-    SIGINT, as every command started in the background by a script has (bash ignores it
-    there), and then would not stop."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextlib.contextmanager
+def ctrl_c_reaches_children():
+    """Children started inside see SIGINT at its default disposition, which Python turns into
+    KeyboardInterrupt. A test run from a script's background job inherits an ignored SIGINT
+    (bash ignores it there), which its children would inherit too; a handled one is reset to
+    the default by exec. (A `preexec_fn` would do it in the child, but forks a threaded JAX.)"""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import vae_jax.explore
-from tests.helpers import REPO_ROOT, save_untrained, untrained_variables, with_default_ctrl_c
+from tests.helpers import REPO_ROOT, ctrl_c_reaches_children, save_untrained, untrained_variables
 from vae_jax import VAE
 from vae_jax.commands import explore as explore_command
 from vae_jax.evaluation import likelihood, sampling
@@ -260,7 +260,7 @@ print("returned")
 
 
 def test_ctrl_c_stops_the_explorer_whichever_thread_the_signal_lands_on():
-    finished = subprocess.run([sys.executable, "-c", SIGINT_ON_ANOTHER_THREAD],
-                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-                              preexec_fn=with_default_ctrl_c)
+    with ctrl_c_reaches_children():
+        finished = subprocess.run([sys.executable, "-c", SIGINT_ON_ANOTHER_THREAD],
+                                  capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert (finished.returncode, finished.stdout) == (0, "returned\n"), finished.stderr

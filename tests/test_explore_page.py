@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO_ROOT, save_untrained, untrained_variables, with_default_ctrl_c
+from tests.helpers import REPO_ROOT, ctrl_c_reaches_children, save_untrained, untrained_variables
 from tests.test_explore import digit_images, free_port
 from vae_jax import VAE
 from vae_jax.explore import figures, latent_space
@@ -213,11 +213,11 @@ def test_walk_and_sample_views(served, page, capfd):
 def test_the_command_prints_its_address_serves_and_stops_on_ctrl_c(tmp_path):
     workdir = save_untrained(tmp_path / "model")
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vae_jax.commands.explore", "--workdir", workdir, "--port",
-         str(port), "--data-dir", str(tmp_path / "no-data"), "--no-download"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=with_default_ctrl_c)
+    with ctrl_c_reaches_children():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vae_jax.commands.explore", "--workdir", workdir, "--port",
+             str(port), "--data-dir", str(tmp_path / "no-data"), "--no-download"],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert line.strip() == (f"python -m vae_jax.commands.explore: exploring {workdir} at "
