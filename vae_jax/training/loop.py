@@ -117,16 +117,15 @@ class EpochRunner:
     """Runs one epoch of training in the chosen mode: "steps" (a jitted step per batch, with
     the step hooks and a progress bar) or "scan" (one jitted `lax.scan` over the training
     set on the device). Returns (state, the per-image metrics summed over the epoch).
-    `kl_weight` is the run's schedule of the KL weight β."""
+    `kl_weight` is the run's schedule of the KL weight β (`RunSetup.kl_weight`)."""
 
     def __init__(self, config: TrainConfig, images: np.ndarray, parallel: DataParallel,
-                 step_hooks: tuple[hooks.StepHook, ...], progress: bool):
+                 kl_weight: optax.Schedule, step_hooks: tuple[hooks.StepHook, ...],
+                 progress: bool):
         self.config, self.images, self.mode = config, images, config.epoch_mode
         self.parallel, self.step_hooks, self.progress = parallel, step_hooks, progress
-        self.kl_weight = run_kl_weight(
-            config, input_pipeline.num_batches(len(images), config.batch_size))
         options = dict(binarize=config.binarize == "dynamic", parallel=parallel,
-                       kl_weight=self.kl_weight, objective=config.training_objective())
+                       kl_weight=kl_weight, objective=config.training_objective())
         self.step_fn = make_train_step(**options)
         self.epoch_fn = make_train_epoch(config.batch_size, **options)
         self.device_images = parallel.replicate(images) if self.mode == "scan" else None
@@ -164,6 +163,10 @@ class RunSetup:
     @property
     def learning_rate(self) -> optax.ScalarOrSchedule:
         return run_learning_rate(self.config, self.steps_per_epoch)
+
+    @property
+    def kl_weight(self) -> optax.Schedule:
+        return run_kl_weight(self.config, self.steps_per_epoch)
 
     @classmethod
     def create(cls, config: TrainConfig, workdir: str) -> "RunSetup":
@@ -268,9 +271,10 @@ def train_epochs(setup: RunSetup, run: RunCheckpoints, writer: EpochWriter, stat
     picture_key, prior_key = jax.random.split(setup.keys.pictures)
     prior_z = jax.random.normal(prior_key, (NUM_SAMPLES, config.z_dim))
     with hooks.StopSignal(save, steps_per_epoch, run.directory) as stop:
-        run_epoch = EpochRunner(config, setup.train_images, setup.parallel, progress=progress,
-                                step_hooks=(hooks.FiniteLoss(steps_per_epoch, run.directory),
-                                            hooks.PeriodicCheckpoint(run, save), stop))
+        step_hooks = (hooks.FiniteLoss(steps_per_epoch, run.directory),
+                      hooks.PeriodicCheckpoint(run, save), stop)
+        run_epoch = EpochRunner(config, setup.train_images, setup.parallel, setup.kl_weight,
+                                step_hooks=step_hooks, progress=progress)
         for epoch in range(first_epoch, config.epochs + 1):
             start = time.perf_counter()
             batches_done = first_batch if epoch == first_epoch else 0
@@ -293,7 +297,7 @@ def train_epochs(setup: RunSetup, run: RunCheckpoints, writer: EpochWriter, stat
                          for name in METRIC_NAMES},
                       **{f"test_{name}": test[name] for name in METRIC_NAMES},
                       **test_objective(setup, state, test_pass, epoch),
-                      "kl_weight": float(run_epoch.kl_weight(step_of(state) - 1)),
+                      "kl_weight": value_at(setup.kl_weight, step_of(state) - 1),
                       "learning_rate": value_at(setup.learning_rate, step_of(state) - 1),
                       "images_per_sec": trained / train_seconds,
                       "seconds": time.perf_counter() - start,
