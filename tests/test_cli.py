@@ -19,7 +19,7 @@ from vae_jax.training.config import TrainConfig, flag_name
 
 COMMANDS = {f"vae-jax-{name.replace('_', '-')}": f"vae_jax.commands.{name}"
             for name in ("train", "evaluate", "sample", "plots", "pool_evaluations", "bench",
-                         "torch_port", "explore")}
+                         "torch_port", "explore", "export_data")}
 
 
 def config_parser() -> cli.OneLineParser:

@@ -5,7 +5,7 @@ The package by job (each folder's `__init__` says more):
 * `model/`: the course's VAE: its Flax modules, loss, IWAE bound, binarization, metrics
   (`vae_jax.nnx`: the same model in Flax NNX);
 * `kernels/`: how its convolutions are computed (matmul/im2col, Winograd, XLA);
-* `data/`: tfds splits as arrays, batch order from a key;
+* `data/`: tfds splits (or an .npz file) as arrays, batch order from a key;
 * `training/`: settings, train state, steps, the loop, hooks, writers, exact resume;
 * `checkpoints/`: what a run saves (orbax checkpoints with digests, saved variables, the
   run directory and its lock);

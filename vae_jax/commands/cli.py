@@ -216,8 +216,9 @@ def add_model_flags(parser: argparse.ArgumentParser, data: bool = True) -> None:
     add_platform_flag(parser)
     if data:
         parser.add_argument("--dataset", default=None,
-                            help="tfds dataset of 28x28 grayscale images (default: the one the "
-                                 "run was trained on, else mnist)")
+                            help="tfds dataset of 28x28 grayscale images, or an arrays file "
+                                 "FILE.npz (default: the one the run was trained on, else "
+                                 "mnist)")
         parser.add_argument("--data-dir", default=None,
                             help="tfds data directory (default: the run's, where it exists, "
                                  "else $TFDS_DATA_DIR or tfds' own)")

@@ -1,4 +1,5 @@
-"""Data: 28x28 grayscale tfds datasets (mnist, fashion_mnist, kmnist, ...) as float arrays.
+"""Data: 28x28 grayscale tfds datasets (mnist, fashion_mnist, kmnist, ...), or an arrays
+file (`vae_jax.data.arrays`, a path ending in .npz), as float arrays.
 
 The whole split is loaded into memory (MNIST's train split is 188 MB as float32), and
 batches are taken by index from a permutation derived from a PRNG key, so the data order
@@ -18,16 +19,13 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from vae_jax.data import arrays
 from vae_jax.model.vae import IMAGE_SIZE
 from vae_jax.runtime import native_output
-from vae_jax.runtime.errors import InputError
+from vae_jax.runtime.errors import DatasetError
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 DOWNLOAD_NOTICE_SECONDS = 2.0  # a download still running after this says what it is doing
-
-
-class DatasetError(InputError):
-    """The dataset is unknown, missing, or not 28x28 grayscale images."""
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
@@ -59,6 +57,8 @@ def load_split(name: str, split: str, data_dir: str | None = None, *, download: 
                log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loads a whole tfds split: images (N, 28, 28, 1) float32 in [0, 1], labels (N,) int32.
 
+    A `name` ending in .npz is an arrays file, read with NumPy and no TensorFlow
+    (`vae_jax.data.arrays`; `data_dir` and `download` do not apply).
     Raises DatasetError with one line naming the dataset (and the data directory or the
     split) when the name or the split cannot be parsed or is unknown, the split selects no
     images, the dataset is not 28x28 grayscale images with labels, it is not prepared and
@@ -67,6 +67,8 @@ def load_split(name: str, split: str, data_dir: str | None = None, *, download: 
     """
     if not name.strip():
         raise DatasetError("the dataset name is empty")
+    if arrays.is_arrays_file(name):
+        return arrays.load_split(os.path.expanduser(name), split)
     with native_output.filtered():  # TensorFlow's log lines while it reads
         return _load_split(name, split, data_dir, download, log)
 

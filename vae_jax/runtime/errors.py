@@ -23,6 +23,10 @@ class InputError(ValueError):
     """
 
 
+class DatasetError(InputError):
+    """The dataset is unknown, missing, unreadable, or not 28x28 grayscale images."""
+
+
 class Stopped(Exception):
     """A run that stopped before its end; `exit_code` is what the command returns."""
 

@@ -92,7 +92,9 @@ class TrainConfig:
     seed: int = setting(0, f"everything random (init, shuffling, samples) derives from it; "
                         f"0 to {MAX_SEED}", maximum=MAX_SEED, resume_must_match=True)
     dataset: str = setting("mnist", "a tfds dataset of 28x28 grayscale images (mnist, "
-                           "fashion_mnist, kmnist, ...)", resume_must_match=True)
+                           "fashion_mnist, kmnist, ...), or an arrays file FILE.npz, read "
+                           "without TensorFlow (vae-jax-export-data writes one)",
+                           resume_must_match=True)
     data_dir: str | None = setting(None, "tfds data directory",
                                    default_text="$TFDS_DATA_DIR, else tfds' own")
     download: bool = setting(True, "fail at once if the dataset is not in the data directory",
