@@ -1,0 +1,67 @@
+"""scripts/likelihood_runs.py: recipes trained in pieces under a budget, a run stopped by
+the budget resumed by the next call, finished runs evaluated once, one table."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO_ROOT
+from vae_jax.data import arrays
+
+SCRIPT = os.path.join(REPO_ROOT, "scripts", "likelihood_runs.py")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("likelihood_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    return {cells[0]: cells for cells in
+            ([cell.strip() for cell in line.strip("|").split("|")]
+             for line in output.splitlines() if line.startswith("| ") and "recipe" not in line)}
+
+
+def test_every_recipe_plans_100_binarized_epochs_and_quick_overrides_them():
+    script = load_script()
+    for name, flags in script.RECIPES.items():
+        assert script.planned_epochs(flags) == 100, name
+        assert flags[flags.index("--binarize") + 1] == "dynamic", name
+        assert script.planned_epochs([*flags, *script.QUICK["train"]]) == 2
+
+
+@pytest.mark.slow(reason="training and evaluation subprocesses")
+def test_a_run_stopped_by_the_budget_is_finished_and_evaluated_by_the_next_call(
+        tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    data = str(tmp_path / "data.npz")
+    arrays.save(data, {split: (rng.integers(0, 256, (count, 28, 28, 1), dtype=np.uint8),
+                               rng.integers(0, 10, count))
+                       for split, count in (("train", 32), ("test", 16))})
+    script = load_script()
+    flags = ["--dataset", data, "--runs-dir", str(tmp_path / "runs"), "--only",
+             "dreg5_cosine", "--quick"]
+    workdir = tmp_path / "runs" / "dreg5_cosine"
+
+    assert script.main([*flags, "--budget-minutes", "0.02"]) == 0  # stopped at once
+    row = table_rows(capfd.readouterr().out)["dreg5_cosine"]
+    assert row[1] in ("0/2", "1/2") and row[2] == "", row
+    assert not list(workdir.glob("evaluation_*.json"))
+
+    assert script.main([*flags, "--budget-minutes", "10"]) == 0
+    row = table_rows(capfd.readouterr().out)["dreg5_cosine"]
+    assert row[1] == "2/2" and row[-2].isdigit(), row
+    assert [record["epoch"] for record in script.read_metrics(str(workdir))] == [1, 2]
+    evaluation = json.loads((workdir / "evaluation_k5.json").read_text())
+    assert evaluation["iwae_samples"] == 5 and evaluation["num_images"] == 8
+    assert row[4] == f"{evaluation['nll_iwae']:.2f} ± {evaluation['nll_iwae_stderr']:.2f}"
+
+    saved = {path: path.stat().st_mtime_ns for path in workdir.glob("evaluation_*.json")}
+    assert script.main([*flags, "--budget-minutes", "10"]) == 0  # nothing left to do
+    assert "$ " not in capfd.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in saved} == saved
