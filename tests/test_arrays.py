@@ -108,6 +108,17 @@ def test_the_export_command_says_what_it_wrote(data_dir, tmp_path, capsys):
     with np.load(out) as file:
         assert sorted(file.files) == ["test_images", "test_labels"]
         assert file["test_images"].dtype == np.uint8
+    before = out.read_bytes()
+    assert export_data.main(["--dataset", "dummy_mnist", "--data-dir", data_dir,
+                             "--no-download", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"--out {out} exists; pass --overwrite to replace it")
+    assert out.read_bytes() == before
+    assert export_data.main(["--dataset", "dummy_mnist", "--data-dir", data_dir,
+                             "--no-download", "--out", str(out), "--overwrite"]) == 0
+    with np.load(out) as file:
+        assert sorted(file.files) == ["test_images", "test_labels", "train_images",
+                                      "train_labels"]
 
 
 def test_own_arrays_uint8_or_float_without_channel(tmp_path):

@@ -1,6 +1,7 @@
-"""`vae-jax-export-data --out FILE.npz [--dataset mnist] [--splits train,test]`: a tfds
-dataset's splits as one arrays file (`vae_jax.data.arrays`), for `--dataset FILE.npz` on a
-machine without TensorFlow. Reads with tfds here (download as usual, or --no-download)."""
+"""`vae-jax-export-data --out FILE.npz [--dataset mnist] [--splits train,test]
+[--overwrite]`: a tfds dataset's splits as one arrays file (`vae_jax.data.arrays`), for
+`--dataset FILE.npz` on a machine without TensorFlow. Reads with tfds here (download as
+usual, or --no-download); an existing FILE.npz is kept unless --overwrite."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def build_parser() -> cli.OneLineParser:
                         help="tfds data directory (default: $TFDS_DATA_DIR, else tfds' own)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail at once if the dataset is not in the data directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it exists (it is replaced only once the new "
+                             "file is whole)")
     return parser
 
 
@@ -45,9 +49,11 @@ def split_names(text: str) -> list[str]:
     return names
 
 
-def check_out(out: str) -> None:
+def check_out(out: str, overwrite: bool) -> None:
     if not arrays.is_arrays_file(out):
         raise InputError(f"--out {out}: give a file ending in {arrays.SUFFIX}")
+    if os.path.exists(out) and not overwrite:
+        raise InputError(f"--out {out} exists; pass --overwrite to replace it")
     directory = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(directory):
         raise InputError(f"--out {out}: {directory} is not a directory")
@@ -57,7 +63,7 @@ def check_out(out: str) -> None:
 
 def command(args: argparse.Namespace) -> None:
     names = split_names(args.splits)
-    check_out(args.out)
+    check_out(args.out, args.overwrite)
     if arrays.is_arrays_file(args.dataset):
         raise InputError(f"--dataset {args.dataset}: give a tfds dataset to export")
     splits = {name: load_split(args.dataset, name, args.data_dir, download=args.download)
