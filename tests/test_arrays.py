@@ -199,6 +199,16 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeyp
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["data.npz"]
 
 
+def test_the_file_gets_the_permissions_of_any_new_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        arrays.save(str(tmp_path / "data.npz"),
+                    {"test": (np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2))})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "data.npz").stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--out", "data.zip"], "--out data.zip: give a file ending in .npz"),
     (["--out", "/no/such/dir/data.npz"], "--out /no/such/dir/data.npz: /no/such/dir is not "

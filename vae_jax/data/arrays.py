@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 
 import numpy as np
@@ -61,14 +60,15 @@ def save(path: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     for name, (images, labels) in splits.items():
         contents[f"{name}_images"] = _to_uint8(np.asarray(images), name)
         contents[f"{name}_labels"] = np.asarray(labels).astype(np.int32)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, partial = tempfile.mkstemp(prefix=".partial-", suffix=SUFFIX, dir=directory)
+    partial = os.path.join(os.path.dirname(os.path.abspath(path)),
+                           f".partial-{os.getpid()}-{os.path.basename(path)}")
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(partial, "wb") as file:  # the permissions a new file gets here (umask)
             np.savez_compressed(file, **contents)
         os.replace(partial, path)
     except BaseException:
-        os.unlink(partial)
+        if os.path.exists(partial):
+            os.unlink(partial)
         raise
 
 
