@@ -207,3 +207,29 @@ def test_dreg_on_eight_devices_trains_what_one_device_does(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on cpu, 8 devices, 1 process" in result.stdout
     assert_trained_alike(eight, one)
+
+
+@pytest.mark.slow(reason="compiles the step loop and the scan epoch with DReG")
+def test_the_scan_epoch_trains_dreg_with_a_schedule_like_the_step_loop():
+    """A GPU's epoch (one lax.scan) against the CPU's steps: DReG with K = 3 on binarized
+    images, and a decaying rate (plain SGD, see tests/test_train.py's `sgd_state`)."""
+    from tests.helpers import assert_states_close
+    from vae_jax.training import loop
+    keys = train_state.RunKeys.from_seed(3)
+    start = train_state.create_train_state(
+        VAE(), optax.sgd(optax.cosine_decay_schedule(1e-4, decay_steps=3)), keys.init,
+        keys.train)
+    images = np.random.default_rng(1).uniform(size=(20, 28, 28, 1)).astype(np.float32)
+    options = dict(binarize=True, objective=Objective("dreg", 3))
+    key = jax.random.key(7)
+    step = steps.make_train_step(max_traces=2, **options)
+    stepped, stepped_sums = loop.run_epoch_steps(step, jax.tree.map(jnp.copy, start), images,
+                                                 key, 8)
+    epoch_fn = steps.make_train_epoch(batch_size=8, max_traces=1, **options)
+    scanned, scanned_sums = epoch_fn(jax.tree.map(jnp.copy, start), jax.device_put(images),
+                                     key)
+    assert_states_close(scanned, stepped, rtol=2e-4, atol=2e-5)
+    chex.assert_trees_all_close(scanned_sums, stepped_sums, rtol=1e-4)
+    moved = np.abs(stepped.params["decoder"]["deconv2"]["kernel"]
+                   - start.params["decoder"]["deconv2"]["kernel"]).max()
+    assert int(stepped.step) == 3 and moved > 10 * 2e-5
