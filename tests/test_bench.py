@@ -177,3 +177,28 @@ def test_op_profile_classifies_jax_op_names():
         "decoder/other", "forward", "max")
     assert classify("jit(step)/jvp(jit(softplus))/log1p") == (
         "loss and optimizer", "forward", "log1p")
+
+
+@pytest.mark.slow(reason="times an importance-weighted training step")
+def test_the_step_of_an_objective_is_timed_and_reported(capsys):
+    report = json_report(capsys, "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                         "--floor-size", "0", "--objective", "dreg", "--objective-samples", "3")
+    assert (report["objective"], report["objective_samples"]) == ("dreg", 3)
+    elbo = json_report(capsys, "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                       "--floor-size", "0")
+    assert (elbo["objective"], elbo["objective_samples"]) == ("elbo", 1)
+    # Three decoder passes and DReG's second pullback: XLA counts far more work.
+    assert report["gflop_per_step"] > 2 * elbo["gflop_per_step"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mode", "iwae", "--objective", "iwae", "--objective-samples", "2"],
+     "--objective times training"),
+    (["--objective", "dreg", "--objective-samples", "2", "--vs-torch"],
+     "--vs-torch times the course's ELBO step"),
+    (["--objective-samples", "3"], "the ELBO objective takes one sample"),
+])
+def test_bad_objective_flags_are_one_line(capsys, flags, message):
+    status, out, err = run_bench(capsys, *flags)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err

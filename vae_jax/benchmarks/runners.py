@@ -20,6 +20,7 @@ import numpy as np
 
 from vae_jax.benchmarks.roofline import compiled_flops
 from vae_jax.evaluation import likelihood
+from vae_jax.model.objectives import Objective
 from vae_jax.model.vae import IMAGE_SIZE, VAE
 from vae_jax.training.config import TrainConfig
 from vae_jax.training.steps import make_train_epoch, make_train_step
@@ -59,6 +60,11 @@ def time_steps(step: Callable[[], object], steps: int) -> list[float]:
     return times
 
 
+def objective_of(args) -> Objective:
+    """The training objective that `--objective` and `--objective-samples` name."""
+    return Objective(args.objective, args.objective_samples)
+
+
 @dataclasses.dataclass
 class JaxRunner:
     """A compiled JAX computation and its inputs; `step()` runs one call and blocks.
@@ -89,7 +95,9 @@ class JaxRunner:
         """`train.py`'s step: state replicated, the batch split over the devices."""
         state = _initial_state(implementation, args)
         inputs = (args.parallel.split(images),)
-        step_fn, seconds = _compile(make_train_step(parallel=args.parallel), state, *inputs)
+        step_fn, seconds = _compile(make_train_step(parallel=args.parallel,
+                                                    objective=objective_of(args)),
+                                    state, *inputs)
         return cls(implementation, seconds, step_fn, state, inputs, len(images),
                    compiled_flops(step_fn))
 
@@ -98,7 +106,8 @@ class JaxRunner:
         """`train.py --epoch-mode scan`'s epoch: the whole training set on the device, one call."""
         state = _initial_state(implementation, args)
         inputs = (args.parallel.replicate(images), RunKeys.from_seed(args.seed).train)
-        epoch_fn = make_train_epoch(args.batch_size, parallel=args.parallel)
+        epoch_fn = make_train_epoch(args.batch_size, parallel=args.parallel,
+                                    objective=objective_of(args))
         step_fn, seconds = _compile(epoch_fn, state, *inputs)
         return cls(implementation, seconds, step_fn, state, inputs, len(images), None)
 

@@ -143,6 +143,8 @@ def run(args) -> dict:
               "huge_pages": hugepages.enabled()}
     if args.mode == "epoch":
         report["num_images"] = args.num_images
+    if args.mode != "iwae":
+        report.update(objective=args.objective, objective_samples=args.objective_samples)
     torch_runner = get_torch()
     if torch_runner is not None:
         report.update({"torch_version": torch_runner.version,

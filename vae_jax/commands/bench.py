@@ -6,6 +6,7 @@ Times a computation as the commands run it, after compilation and warm-up:
   (`make_train_step()`, state donated), on random images in [0, 1];
 * `epoch`: the `lax.scan` epoch (`make_train_epoch`, `train.py --epoch-mode scan`) over
   `--num-images` random images;
+  both with train.py's `--objective` and `--objective-samples` (the ELBO by default);
 * `iwae`: `vae-jax-evaluate`'s IWAE pass over one batch, with its default chunking, in
   decoded images per second, and the time K = 5000 on the 10,000 test images would take.
 
@@ -29,6 +30,7 @@ Examples:
     vae-jax-bench --breakdown              # where the step's time goes
     vae-jax-bench --mode iwae              # the IWAE decoder's throughput
     vae-jax-bench --implementation all     # each convolution implementation
+    vae-jax-bench --objective dreg --objective-samples 5   # an importance-weighted step
     vae-jax-bench --batch-size 8 --steps 2 --json
 """
 
@@ -44,6 +46,7 @@ from vae_jax.benchmarks.suite import MODES, format_summary, run
 from vae_jax.commands import cli
 from vae_jax.evaluation import elbo
 from vae_jax.kernels.convolutions import IMPLEMENTATIONS
+from vae_jax.model.objectives import OBJECTIVES, Objective
 from vae_jax.runtime.errors import InputError
 from vae_jax.training.config import TrainConfig
 
@@ -78,6 +81,11 @@ def build_parser() -> cli.OneLineParser:
     cli.add_platform_flag(parser)
     parser.add_argument("--vs-torch", action="store_true",
                         help="also time the PyTorch original, interleaved, and print the ratio")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                        help="'step' and 'epoch' modes: the training objective, as train.py's "
+                             "(default elbo, the course's)")
+    parser.add_argument("--objective-samples", type=cli.positive_int, default=1, metavar="K",
+                        help="K, the importance samples per image of iwae and dreg (default 1)")
     parser.add_argument("--num-images", type=cli.positive_int, default=60000,
                         help="'epoch' mode: synthetic training images (default 60000, MNIST's)")
     parser.add_argument("--iwae-samples", type=cli.positive_int, default=200, metavar="K",
@@ -105,6 +113,14 @@ def prepare(args: argparse.Namespace) -> None:
                            else TrainConfig().batch_size)
     if args.vs_torch and args.mode == "iwae":
         raise InputError("--vs-torch times training: use it with --mode step or epoch")
+    if args.objective != "elbo" and args.mode == "iwae":
+        raise InputError("--objective times training: use it with --mode step or epoch")
+    if args.objective != "elbo" and args.vs_torch:
+        raise InputError("--vs-torch times the course's ELBO step: leave --objective out")
+    try:
+        Objective(args.objective, args.objective_samples)
+    except ValueError as error:
+        raise InputError(str(error)) from None
     if args.breakdown and args.mode != "step":
         raise InputError("--breakdown profiles the training step: use it with --mode step")
     if args.vs_torch:
