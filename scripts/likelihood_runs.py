@@ -101,7 +101,10 @@ def evaluate(workdir: str, samples: int, args: argparse.Namespace, extra: list[s
         return json.load(file)
 
 
-def table_row(name: str, workdir: str, epochs: int, evaluations: dict[int, dict]) -> str:
+def table_row(name: str, workdir: str, epochs: int, samples: tuple[int, ...],
+              evaluations: dict[int, dict]) -> str:
+    """The recipe's row; the evaluations' cells (one per K in `samples`) are empty until
+    the run has finished."""
     metrics = read_metrics(workdir)
     done = metrics[-1]["epoch"] if metrics else 0
     minutes = sum(record["seconds"] for record in metrics) / 60
@@ -113,7 +116,7 @@ def table_row(name: str, workdir: str, epochs: int, evaluations: dict[int, dict]
                   for result in evaluations.values()]
         cells.append(str(first["active_units"]))
     else:
-        cells += [""] * (2 + len(EVALUATIONS))
+        cells += [""] * (2 + len(samples))
     cells.append(f"{minutes:.1f} min")
     return "| " + " | ".join(cells) + " |"
 
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             finished = train(flags, workdir, deadline - time.monotonic()) == "done"
         evaluations = ({k: evaluate(workdir, k, args, evaluate_extra) for k in samples}
                        if finished else {})
-        rows.append(table_row(name, workdir, epochs, evaluations))
+        rows.append(table_row(name, workdir, epochs, samples, evaluations))
     header = ["recipe", "epochs", "negative ELBO", *(f"IWAE K = {k}" for k in samples),
               "active units", "training"]
     print("| " + " | ".join(header) + " |")

@@ -20,7 +20,6 @@ import numpy as np
 
 from vae_jax.benchmarks.roofline import compiled_flops
 from vae_jax.evaluation import likelihood
-from vae_jax.model.objectives import Objective
 from vae_jax.model.vae import IMAGE_SIZE, VAE
 from vae_jax.training.config import TrainConfig
 from vae_jax.training.steps import make_train_epoch, make_train_step
@@ -60,11 +59,6 @@ def time_steps(step: Callable[[], object], steps: int) -> list[float]:
     return times
 
 
-def objective_of(args) -> Objective:
-    """The training objective that `--objective` and `--objective-samples` name."""
-    return Objective(args.objective, args.objective_samples)
-
-
 @dataclasses.dataclass
 class JaxRunner:
     """A compiled JAX computation and its inputs; `step()` runs one call and blocks.
@@ -96,7 +90,7 @@ class JaxRunner:
         state = _initial_state(implementation, args)
         inputs = (args.parallel.split(images),)
         step_fn, seconds = _compile(make_train_step(parallel=args.parallel,
-                                                    objective=objective_of(args)),
+                                                    objective=args.training_objective),
                                     state, *inputs)
         return cls(implementation, seconds, step_fn, state, inputs, len(images),
                    compiled_flops(step_fn))
@@ -107,7 +101,7 @@ class JaxRunner:
         state = _initial_state(implementation, args)
         inputs = (args.parallel.replicate(images), RunKeys.from_seed(args.seed).train)
         epoch_fn = make_train_epoch(args.batch_size, parallel=args.parallel,
-                                    objective=objective_of(args))
+                                    objective=args.training_objective)
         step_fn, seconds = _compile(epoch_fn, state, *inputs)
         return cls(implementation, seconds, step_fn, state, inputs, len(images), None)
 

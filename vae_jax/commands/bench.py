@@ -117,8 +117,8 @@ def prepare(args: argparse.Namespace) -> None:
         raise InputError("--objective times training: use it with --mode step or epoch")
     if args.objective != "elbo" and args.vs_torch:
         raise InputError("--vs-torch times the course's ELBO step: leave --objective out")
-    try:
-        Objective(args.objective, args.objective_samples)
+    try:  # what the runners train (`JaxRunner`)
+        args.training_objective = Objective(args.objective, args.objective_samples)
     except ValueError as error:
         raise InputError(str(error)) from None
     if args.breakdown and args.mode != "step":

@@ -47,9 +47,10 @@ def load_split(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
                            "not read from an arrays file)")
     images, labels = _read_split(path, match["name"])
     chosen = slice(*(_boundary(match[end], len(images)) for end in ("start", "stop")))
-    if not len(images[chosen]):
+    images, labels = images[chosen], labels[chosen]
+    if not len(images):
         raise DatasetError(f"split {split!r} of {path} selects no images")
-    return images[chosen], labels[chosen]
+    return images, labels
 
 
 def save(path: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
