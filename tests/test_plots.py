@@ -89,6 +89,18 @@ def test_long_runs_get_a_panel_without_the_first_epochs(monkeypatch):
     assert zoomed.get_title() == "from epoch 11"
 
 
+def test_importance_weighted_runs_also_show_their_objective(monkeypatch):
+    elbo_run = [{"epoch": epoch, "train_loss": 100.0 - epoch, "test_loss": 101.0 - epoch}
+                for epoch in range(1, 6)]
+    labels = [line.get_label() for line in curves_figure(elbo_run, monkeypatch).axes[0].lines]
+    assert not any("objective" in label for label in labels)
+    dreg_run = [dict(record, test_objective=95.0 - record["epoch"]) for record in elbo_run]
+    (axis,) = curves_figure(dreg_run, monkeypatch).axes
+    (objective,) = [line for line in axis.lines if "objective" in line.get_label()]
+    np.testing.assert_allclose(objective.get_ydata(), [94, 93, 92, 91, 90])
+    assert {text.get_text() for text in axis.texts} == {"96.0", "90.0"}  # the last test values
+
+
 def test_pca_keeps_the_two_main_directions():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(500, 5)) * np.array([5.0, 0.01, 2.0, 0.01, 0.01])

@@ -4,8 +4,9 @@
 
 writes into RUN (the current directory for `--pretrained NAME`):
 
-* `training_curves.png`: train and test loss (negative ELBO per image, nats) per epoch, from
-  RUN/metrics.jsonl (skipped, with a note, when the directory has none), with a second
+* `training_curves.png`: train and test loss (negative ELBO per image, nats) per epoch, and
+  the test objective (minus the IWAE bound) of iwae and dreg runs, from RUN/metrics.jsonl
+  (skipped, with a note, when the directory has none), with a second
   panel without the first tenth of the epochs for runs longer than 20 epochs;
 * `interpolations.png`: each row decodes points on the straight line between the posterior
   means of two test images of different digits, with the two inputs at the ends;

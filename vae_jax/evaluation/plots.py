@@ -32,7 +32,8 @@ ZOOM_AFTER_EPOCHS = 20
 
 
 def plot_training_curves(records: list[dict], path: str) -> None:
-    """Train and test loss (negative ELBO per image, nats) against the epoch.
+    """Train and test loss (negative ELBO per image, nats) against the epoch, and the test
+    objective (minus the IWAE bound with the run's K) for runs trained with iwae or dreg.
 
     Past ZOOM_AFTER_EPOCHS epochs, a second panel shows the epochs after the first tenth.
     """
@@ -49,25 +50,30 @@ def plot_training_curves(records: list[dict], path: str) -> None:
     grids.save_figure(figure, path)
 
 
+# (metrics key, legend label, line style, whether its last value is written beside it)
+CURVES = (("train_loss", "train (epoch mean, training mode)", "o-", False),
+          ("test_loss", "test (after the epoch, eval mode)", "s-", True),
+          ("test_objective", "test objective (minus the IWAE bound, the run's K)", "^-", True))
+
+
 def _plot_losses(axis, records: list[dict]) -> None:
     epochs = [record["epoch"] for record in records]
-    for key, label, style in (("train_loss", "train (epoch mean, training mode)", "o-"),
-                              ("test_loss", "test (after the epoch, eval mode)", "s-")):
+    for key, label, style, annotated in CURVES:
         values = [value if isinstance(value := record.get(key), (int, float)) else None
                   for record in records]
-        if any(value is not None for value in values):
-            axis.plot(epochs, values, style, label=label,
-                      markersize=6 if len(epochs) <= ZOOM_AFTER_EPOCHS else 2)
-    if records:
-        last = records[-1]
-        if isinstance(last.get("test_loss"), (int, float)):
-            axis.annotate(f"{last['test_loss']:.1f}", (last["epoch"], last["test_loss"]),
+        if not any(value is not None for value in values):
+            continue
+        axis.plot(epochs, values, style, label=label,
+                  markersize=6 if len(epochs) <= ZOOM_AFTER_EPOCHS else 2)
+        if annotated and values[-1] is not None:
+            axis.annotate(f"{values[-1]:.1f}", (epochs[-1], values[-1]),
                           textcoords="offset points", xytext=(0, 8), ha="center")
+    if records:
         axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
         axis.legend()
     axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
-    axis.set_ylabel("loss per image (BCE + KL, nats)")
+    axis.set_ylabel("loss per image (nats)")
     axis.grid(alpha=0.3)
 
 

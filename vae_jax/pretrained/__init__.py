@@ -1,7 +1,7 @@
 """Trained models that ship with the package, ready to load without training.
 
     from vae_jax import pretrained
-    pretrained.names()                               # ["course", "binarized"]
+    pretrained.names()                     # ["binarized", "binarized_dreg", "course"]
     model, variables, config = pretrained.load("course")
     pretrained.card("course")                        # how it was trained, what it reaches
 
