@@ -1,9 +1,9 @@
 """Trained models that ship with the package, ready to load without training.
 
     from vae_jax import pretrained
-    pretrained.names()                     # ["binarized", "binarized_dreg", "course"]
+    pretrained.names()                         # ["binarized", "binarized_dreg", "course"]
     model, variables, config = pretrained.load("course")
-    pretrained.card("course")                        # how it was trained, what it reaches
+    pretrained.card("course")                  # how it was trained, what it reaches
 
 Each model is a folder here made by `save_variables` (orbax arrays with their SHA-256
 digests, checked on every load, and config.json) plus `model_card.json`: the command that
