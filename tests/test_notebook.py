@@ -12,12 +12,13 @@ import re
 import pytest
 
 from tests.test_first_screen import NATIVE_ERROR, NOISY_SITECUSTOMIZE
+from vae_jax import pretrained
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOK = pathlib.Path(__file__).parent.parent / "notebooks" / "vae_course_in_jax.ipynb"
-FIGURES = 4  # besides one picture of reconstructions per epoch
+FIGURES = 5  # besides one picture of reconstructions per epoch
 
 
 def _mnist_is_prepared() -> bool:
@@ -80,6 +81,10 @@ def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
     assert re.search(r"with stop_gradient on z: +0\.00\n", text)
     # Part 3e: the two readings of the second half give the same KL.
     assert "same KL either way: True" in text
+    # Part 5: every shipped model listed with its card's numbers (and drawn from).
+    for name in pretrained.names():
+        assert re.search(rf"^{name} +\((grayscale|binarized)\): negative ELBO \d+\.\d\d, ", text,
+                         re.MULTILINE), name
     # The reconstructions of its one epoch, and the figures.
     assert len(_outputs(executed, "image/png")) == 1 + FIGURES
 

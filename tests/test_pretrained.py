@@ -2,16 +2,18 @@
 verified, reproduces its recorded fingerprint (and, where real MNIST is at hand, its
 recorded ELBO on the test split), and the commands take --pretrained NAME."""
 
+import importlib.util
 import json
 import os
 import shutil
+import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from tests.helpers import requires_real_mnist
+from tests.helpers import REPO_ROOT, requires_real_mnist
 from vae_jax import pretrained
 from vae_jax.checkpoints.run_checkpoints import CheckpointError
 from vae_jax.checkpoints.saved_model import load_model
@@ -52,6 +54,46 @@ def test_each_model_reaches_its_recorded_elbo_on_a_slice_of_the_test_set(name):
     full = neg_elbo(model, variables, images, jax.random.key(results["seed"]), batch_size=100,
                     binarize_mode=results["binarize"]).averages()["loss"]
     np.testing.assert_allclose(full, results["neg_elbo"], atol=1e-2)
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if "likelihood" in pretrained.card(name)])
+def test_a_recorded_likelihood_is_the_same_test_set_and_a_tighter_bound(name):
+    results, likelihood = pretrained.card(name)["results"], pretrained.card(name)["likelihood"]
+    for key in ("dataset", "split", "binarize", "num_images"):
+        assert likelihood[key] == results[key], key
+    assert likelihood["iwae_samples"] > results["iwae_samples"]
+    # More importance samples can only tighten the bound (up to the estimates' noise).
+    assert likelihood["nll_iwae"] < results["nll_iwae"] + 3 * results["nll_iwae_stderr"]
+    assert likelihood["nll_iwae"] < likelihood["neg_elbo"]
+
+
+def test_make_pretrained_saves_a_loadable_model_with_its_card(uninterrupted, tmp_path,
+                                                             monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "make_pretrained", os.path.join(REPO_ROOT, "scripts", "make_pretrained.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "DIRECTORY", str(tmp_path))  # not into the package
+    evaluation = {"neg_elbo": 101.5, "nll_iwae": 97.0, "iwae_samples": 50, "split": "test",
+                  "seconds": 12.0, "workdir": "/somewhere/else"}
+    (tmp_path / "k50.json").write_text(json.dumps(evaluation))
+    (tmp_path / "k5000.json").write_text(json.dumps({**evaluation, "iwae_samples": 5000}))
+    monkeypatch.setattr(sys, "argv", [
+        "make_pretrained.py", "tiny", "--workdir", str(uninterrupted),
+        "--command", "python train.py --epochs 3", "--hardware", "a CPU",
+        "--wall-time", "1 s", "--description", "three epochs on mock data",
+        "--results", str(tmp_path / "k50.json"), "--likelihood", str(tmp_path / "k5000.json")])
+    script.main()
+    saved = tmp_path / "tiny"
+    card = json.loads((saved / pretrained.CARD_FILE).read_text())
+    assert card["results"] == {"neg_elbo": 101.5, "nll_iwae": 97.0, "iwae_samples": 50,
+                               "split": "test"}  # the machine's details left out
+    assert card["likelihood"]["iwae_samples"] == 5000
+    model, variables, config = load_model(str(saved))
+    assert "data_dir" not in config
+    chex.assert_trees_all_equal(variables, load_model(str(uninterrupted))[1])
+    got = fingerprint(model, variables, config.get("binarize", "none"))
+    np.testing.assert_allclose(got["neg_elbo"], card["fingerprint"]["neg_elbo"], atol=2e-3)
 
 
 def test_a_damaged_pretrained_model_is_refused_in_one_line(tmp_path):
