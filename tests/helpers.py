@@ -2,6 +2,7 @@
 worker processes of the device and process tests."""
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -25,6 +26,18 @@ from vae_jax.training.config import TrainConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CONFIG = {"z_dim": 32, "im_chan": 1}
+
+
+def load_repository_module(*path: str):
+    """A Python file of the repository that is not in the package (a script, a Sphinx
+    extension), imported as a module: `load_repository_module("scripts", "x.py")`."""
+    spec = importlib.util.spec_from_file_location(
+        os.path.splitext(path[-1])[0], os.path.join(REPO_ROOT, *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # Two convolution implementations agree within float32 rounding (tests/test_layers.py,
 # tests/test_winograd.py).
 CONV_TOLERANCE = dict(rtol=1e-5, atol=1e-5)

@@ -1,14 +1,10 @@
 """The documentation: a README that fits on two screens, and no link to a missing file."""
 
-import importlib.util
 import os
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, load_repository_module
 
-spec = importlib.util.spec_from_file_location(
-    "repository_links", os.path.join(REPO_ROOT, "docs", "_ext", "repository_links.py"))
-repository_links = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(repository_links)
+repository_links = load_repository_module("docs", "_ext", "repository_links.py")
 
 
 def test_the_readme_fits_on_two_screens():

@@ -1,24 +1,17 @@
 """scripts/likelihood_runs.py: recipes trained in pieces under a budget, a run stopped by
 the budget resumed by the next call, finished runs evaluated once, one table."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import load_repository_module
 from vae_jax.data import arrays
-
-SCRIPT = os.path.join(REPO_ROOT, "scripts", "likelihood_runs.py")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("likelihood_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repository_module("scripts", "likelihood_runs.py")
 
 
 def table_rows(output: str) -> dict[str, list[str]]:

@@ -3,7 +3,6 @@ verified, reproduces its recorded fingerprint (and, where real MNIST is at hand,
 recorded ELBO on the test split), a binarized one records its K = 5000 bound,
 scripts/make_pretrained.py writes such a model, and the commands take --pretrained NAME."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, requires_real_mnist
+from tests.helpers import load_repository_module, requires_real_mnist
 from vae_jax import pretrained
 from vae_jax.checkpoints.run_checkpoints import CheckpointError
 from vae_jax.checkpoints.saved_model import load_model
@@ -61,7 +60,8 @@ def test_each_model_reaches_its_recorded_elbo_on_a_slice_of_the_test_set(name):
                                   if pretrained.card(name)["results"]["binarize"] != "none"])
 def test_each_binarized_model_records_its_k5000_bound_on_the_same_test_set(name):
     """The number that compares with the literature: K = 5000, as `likelihood`."""
-    results, likelihood = pretrained.card(name)["results"], pretrained.card(name)["likelihood"]
+    card = pretrained.card(name)
+    results, likelihood = card["results"], card["likelihood"]
     for key in ("dataset", "split", "binarize", "num_images"):
         assert likelihood[key] == results[key], key
     assert likelihood["iwae_samples"] > results["iwae_samples"]
@@ -72,10 +72,7 @@ def test_each_binarized_model_records_its_k5000_bound_on_the_same_test_set(name)
 
 def test_make_pretrained_saves_a_loadable_model_with_its_card(uninterrupted, tmp_path,
                                                              monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "make_pretrained", os.path.join(REPO_ROOT, "scripts", "make_pretrained.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_repository_module("scripts", "make_pretrained.py")
     monkeypatch.setattr(script, "DIRECTORY", str(tmp_path))  # not into the package
     evaluation = {"neg_elbo": 101.5, "nll_iwae": 97.0, "iwae_samples": 50, "split": "test",
                   "seconds": 12.0, "workdir": "/somewhere/else"}
