@@ -31,6 +31,7 @@ RECIPES = {
     "elbo_cosine": BINARIZED,
     "dreg5_cosine": [*BINARIZED, "--objective", "dreg", "--objective-samples", "5"],
     "dreg50_cosine": [*BINARIZED, "--objective", "dreg", "--objective-samples", "50"],
+    "wide32_elbo_cosine": [*BINARIZED, "--hidden-dim", "32"],
     "wide32_dreg5": [*BINARIZED, "--hidden-dim", "32", "--objective", "dreg",
                      "--objective-samples", "5"],
 }

@@ -66,6 +66,23 @@ def test_cli_json(saved_model, tmp_path, capsys, binarize_mode):
     np.testing.assert_allclose(sum(result["kl_per_dim"]), result["kl"], rtol=1e-4)
 
 
+def test_a_result_names_its_model_by_run_directory_or_pretrained_name(saved_model, tmp_path,
+                                                                      capsys):
+    common = ["--iwae-samples", "2", "--batch-size", "5", "--data-dir", str(tmp_path),
+              "--no-progress"]
+    status, out, err = run_main(capsys, "--workdir", str(saved_model), "--json", *common)
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["workdir"] == str(saved_model.resolve()) and result["pretrained"] is None
+    status, out, err = run_main(capsys, "--pretrained", "course", "--json", *common)
+    assert status == 0, err
+    result = json.loads(out)  # no installation's path: results from any two installs pool
+    assert result["workdir"] is None and result["pretrained"] == "course"
+    status, out, err = run_main(capsys, "--pretrained", "course", *common)
+    assert status == 0, err
+    assert "from the pretrained model course" in out.splitlines()[0]
+
+
 def test_cli_summary_is_human_readable(saved_model, tmp_path, capsys):
     status, out, _ = run_main(capsys, "--workdir", str(saved_model), "--iwae-samples", "4",
                               "--batch-size", "5", "--data-dir", str(tmp_path), "--no-progress")

@@ -73,6 +73,7 @@ def test_pooled_stderr_grows_with_the_spread_between_parts():
     ({"iwae_samples": 50}, "disagree on iwae_samples: 50, 5000"),
     ({"binarize": "none"}, "disagree on binarize"),
     ({"workdir": "/runs/other"}, "disagree on workdir"),
+    ({"pretrained": "binarized"}, "disagree on pretrained: None, binarized"),
     ({"split": "test[0:7]"}, "split 'test[0:7]' appears more than once"),
 ])
 def test_parts_that_do_not_belong_together_are_refused(parts, change, message):
@@ -104,6 +105,13 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
     assert pool_command.main([str(path) for path in paths]) == 0
     summary = capsys.readouterr().out
     assert f"{sum(PART_SIZES)} images" in summary and "NLL bound (IWAE, K=5000)" in summary
+    assert "from /runs/binarized" in summary
+
+    pretrained = {"workdir": None, "pretrained": "binarized"}  # evaluate --pretrained's
+    for path in paths:
+        path.write_text(json.dumps({**json.loads(path.read_text()), **pretrained}))
+    assert pool_command.main([str(path) for path in paths]) == 0
+    assert "from the pretrained model binarized" in capsys.readouterr().out
 
     cut_short = tmp_path / "cut_short.json"
     cut_short.write_text("")  # what an evaluation killed before printing leaves behind

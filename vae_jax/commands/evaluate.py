@@ -62,8 +62,8 @@ def command(args: argparse.Namespace) -> None:
                             chunk_size=args.iwae_chunk,
                             binarize_mode=cli.chosen_binarize_mode(args), progress=progress,
                             parallel=DataParallel.create(args.devices))
-    result.update(workdir=os.path.abspath(cli.model_directory(args)), dataset=args.dataset,
-                  split=args.split)
+    result.update(workdir=os.path.abspath(args.workdir) if args.workdir else None,
+                  pretrained=args.pretrained, dataset=args.dataset, split=args.split)
     if main:
         print(json.dumps(result, allow_nan=False) if args.json else format_summary(result))
 

@@ -209,6 +209,13 @@ def format_bounds(result: dict) -> list[str]:
     ]
 
 
+def model_source(result: dict) -> str:
+    """Where an evaluation's model came from: its run directory, or its pretrained name."""
+    if result.get("pretrained"):
+        return f"the pretrained model {result['pretrained']}"
+    return str(result["workdir"])
+
+
 def format_summary(result: dict) -> str:
     targets = ("dynamically binarized images (one Bernoulli(pixel) draw each): "
                "log-likelihoods of binary images, the literature's measure"
@@ -218,7 +225,7 @@ def format_summary(result: dict) -> str:
     kl_sorted = sorted(result["kl_per_dim"], reverse=True)
     lines = [
         f"{result['dataset']} {result['split']}: {result['num_images']} images, model z_dim="
-        f"{result['z_dim']} from {result['workdir']}",
+        f"{result['z_dim']} from {model_source(result)}",
         f"  {targets}",
         *format_bounds(result),
         f"  active units {result['active_units']} of {result['z_dim']} (variance of E[z|x] > "

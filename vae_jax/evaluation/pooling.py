@@ -21,12 +21,13 @@ import math
 import numpy as np
 
 from vae_jax.checkpoints.workdir import refuse_json_constant
-from vae_jax.evaluation.likelihood import format_bounds
+from vae_jax.evaluation.likelihood import format_bounds, model_source
 from vae_jax.runtime.errors import InputError, is_positive_int
 
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
 MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
+MAY_AGREE = ("pretrained",)  # a --pretrained model's name; older results have none
 
 
 class PoolingError(InputError):
@@ -59,8 +60,8 @@ def pool(parts: list[dict], names: list[str] | None = None) -> dict:
     names = names or [f"result {index + 1}" for index in range(len(parts))]
     for part, name in zip(parts, names):
         check_part(part, name)
-    for key in MUST_AGREE:
-        values = sorted({str(part[key]) for part in parts})
+    for key in MUST_AGREE + MAY_AGREE:
+        values = sorted({str(part.get(key)) for part in parts})
         if len(values) > 1:
             raise PoolingError(f"the results disagree on {key}: {', '.join(values)}")
     splits = [part["split"] for part in parts]
@@ -69,7 +70,7 @@ def pool(parts: list[dict], names: list[str] | None = None) -> dict:
         raise PoolingError(f"split {repeated[0]!r} appears more than once")
 
     sizes = np.array([part["num_images"] for part in parts], np.float64)
-    pooled = {key: parts[0][key] for key in MUST_AGREE}
+    pooled = {key: parts[0].get(key) for key in MUST_AGREE + MAY_AGREE}
     for mean_key, stderr_key in MEAN_AND_STDERR:
         pooled[mean_key], pooled[stderr_key] = pooled_mean_and_stderr(
             [part[mean_key] for part in parts], [part[stderr_key] for part in parts], sizes)
@@ -132,7 +133,7 @@ def format_summary(pooled: dict) -> str:
     hours = pooled["seconds"] / 3600
     return "\n".join([
         f"{pooled['dataset']} {' + '.join(pooled['splits'])}: {pooled['num_images']} images, "
-        f"binarize {pooled['binarize']}, from {pooled['workdir']}",
+        f"binarize {pooled['binarize']}, from {model_source(pooled)}",
         *format_bounds(pooled),
         f"  time {pooled['seconds']:.0f} s in all ({hours:.2f} h; IWAE "
         f"{pooled['iwae_decodes_per_sec']:.0f} decodes/s)",
