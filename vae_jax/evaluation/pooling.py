@@ -27,7 +27,7 @@ from vae_jax.runtime.errors import InputError, is_positive_int
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
 MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
-MAY_AGREE = ("pretrained",)  # a --pretrained model's name; older results have none
+MUST_AGREE_WHEN_GIVEN = ("pretrained",)  # a --pretrained name; older results lack it
 
 
 class PoolingError(InputError):
@@ -60,7 +60,7 @@ def pool(parts: list[dict], names: list[str] | None = None) -> dict:
     names = names or [f"result {index + 1}" for index in range(len(parts))]
     for part, name in zip(parts, names):
         check_part(part, name)
-    for key in MUST_AGREE + MAY_AGREE:
+    for key in MUST_AGREE + MUST_AGREE_WHEN_GIVEN:
         values = sorted({str(part.get(key)) for part in parts})
         if len(values) > 1:
             raise PoolingError(f"the results disagree on {key}: {', '.join(values)}")
@@ -70,7 +70,7 @@ def pool(parts: list[dict], names: list[str] | None = None) -> dict:
         raise PoolingError(f"split {repeated[0]!r} appears more than once")
 
     sizes = np.array([part["num_images"] for part in parts], np.float64)
-    pooled = {key: parts[0].get(key) for key in MUST_AGREE + MAY_AGREE}
+    pooled = {key: parts[0].get(key) for key in MUST_AGREE + MUST_AGREE_WHEN_GIVEN}
     for mean_key, stderr_key in MEAN_AND_STDERR:
         pooled[mean_key], pooled[stderr_key] = pooled_mean_and_stderr(
             [part[mean_key] for part in parts], [part[stderr_key] for part in parts], sizes)
