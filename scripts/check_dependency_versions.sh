@@ -49,7 +49,7 @@ python3 -m uv pip list --python "$venv/bin/python" 2>/dev/null \
   tests/test_models.py tests/test_losses.py tests/test_checkpoints.py tests/test_cli.py \
   tests/test_train.py tests/test_first_screen.py tests/test_nnx.py tests/test_explore.py \
   tests/test_objectives.py tests/test_pretrained.py tests/test_schedules.py \
-  tests/test_arrays.py
+  tests/test_arrays.py tests/test_exercises.py
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -m slow tests/test_explore_page.py
 
 data=$(mktemp -d)

@@ -19,7 +19,7 @@ from vae_jax.training.config import TrainConfig, flag_name
 
 COMMANDS = {f"vae-jax-{name.replace('_', '-')}": f"vae_jax.commands.{name}"
             for name in ("train", "evaluate", "sample", "plots", "pool_evaluations", "bench",
-                         "torch_port", "explore", "export_data")}
+                         "torch_port", "explore", "export_data", "grade")}
 
 
 def config_parser() -> cli.OneLineParser:
@@ -127,7 +127,7 @@ def test_program_name_is_the_installed_script_or_the_module(monkeypatch):
     assert cli.program_name(prog) == prog
 
 
-@pytest.mark.slow(reason="seven subprocesses that import JAX")
+@pytest.mark.slow(reason="a subprocess per command")
 def test_every_command_runs_as_a_module():
     """`python -m vae_jax.commands.<name> --help` prints the command's usage: each command
     module runs its `main` when executed."""

@@ -128,7 +128,8 @@ def check_train_step(fn: Callable) -> None:
                           "batch loss it minimises, the course's sum over the images")
         raise Mistake("the loss returned is not the course's loss of this batch (the sum over "
                       "the images of reconstruction + KL) with noise drawn from a part of "
-                      "jax.random.split(state.key)")
+                      "jax.random.split(state.key); if your step uses your own loss, make "
+                      "its check pass first")
     sample_key, kept_keys = found
     if np.array_equal(new_key, key_data(sample_key)):
         raise Mistake("the key kept for the next step is the one this step drew its noise "
