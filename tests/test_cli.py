@@ -178,3 +178,35 @@ def test_ctrl_c_while_jax_loads_is_one_line(tmp_path, command, prog):
                             timeout=300)
     assert (result.returncode, result.stderr, result.stdout) == (130, f"{prog}: interrupted\n",
                                                                  "")
+
+
+def test_the_version_is_the_installed_metadata_and_pyprojects():
+    import tomllib
+
+    import vae_jax
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as file:
+        declared = tomllib.load(file)["project"]["version"]
+    assert vae_jax.__version__ == importlib.metadata.version("vae-jax") == declared
+
+
+@pytest.mark.parametrize("script", [*COMMANDS, "train.py"])
+def test_every_command_prints_its_version(script):
+    """At once, from the launcher (`vae-jax-* --version`), before JAX is imported."""
+    command = ([sys.executable, os.path.join(REPO_ROOT, "train.py")] if script == "train.py"
+               else [os.path.join(os.path.dirname(sys.executable), script)])
+    result = subprocess.run([*command, "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{script} {importlib.metadata.version('vae-jax')}\n"
+
+
+@pytest.mark.parametrize("module", COMMANDS.values())
+def test_every_parser_answers_version_too(module, capsys):
+    """`python -m vae_jax.commands.NAME --version` and `main(["--version"])` reach the
+    parser, whose --help lists the flag."""
+    command = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exit_:
+        command.main(["--version"])
+    assert exit_.value.code == 0
+    prog = command.build_parser().prog
+    assert capsys.readouterr().out == f"{prog} {importlib.metadata.version('vae-jax')}\n"

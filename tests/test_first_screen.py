@@ -107,8 +107,9 @@ def test_train_py_shows_only_its_own_lines_under_a_noisy_tensorflow(tmp_path, da
     result = run_train(tmp_path / "site", data_dir, tmp_path / "run")
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout.splitlines()
-    assert out[0].startswith("training on cpu, 1 device"), out
+    assert out[0].startswith(f"training in {tmp_path / 'run'} on cpu, 1 device"), out
     assert out[1].startswith("epoch   1  train loss"), out
+    assert out[-1].startswith("next: vae-jax-evaluate --workdir "), out
     # The native error line is kept (once per import), nothing else reaches stderr.
     assert result.stderr.splitlines() == [NATIVE_ERROR.strip()]
 

@@ -48,7 +48,7 @@ def test_a_checkpoint_moves_between_one_and_eight_devices(uninterrupted, tmp_pat
     result = worker("train", *RUN_FLAGS, "--epochs", 2, "--workdir", workdir, "--data-dir",
                     f"{workdir}-data", devices=8)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "training on cpu, 8 devices, 1 process" in result.stdout
+    assert " on cpu, 8 devices, 1 process" in result.stdout
     assert run_in_process(workdir) == 0
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [record["devices"] for record in records] == [1, 8, 1]

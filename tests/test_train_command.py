@@ -1,8 +1,11 @@
 """The training command (`train.py`, `python -m vae_jax.commands.train`): an end-to-end run, its
 outputs, and its refusals."""
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,16 +34,49 @@ def run_main(capsys, *args):
     return status, capsys.readouterr().err.strip().splitlines()
 
 
+MOCK_RUN_FLAGS = ["--batch-size", "16", "--no-progress", "--seed", "3"]
+SCREENS = {}  # what each run of the module printed, by workdir
+
+
+def run_on_mock_data(workdir, *flags) -> int:
+    """`train.py` on 40 mock images in this process; its stdout lines go to SCREENS."""
+    screen = io.StringIO()
+    with tfds.testing.mock_data(num_examples=40), contextlib.redirect_stdout(screen):
+        status = train_command.main([*MOCK_RUN_FLAGS, "--workdir", str(workdir),
+                                     "--data-dir", str(workdir) + "-data", *flags])
+    SCREENS[str(workdir)] = screen.getvalue().splitlines()
+    return status
+
+
 @pytest.fixture(scope="module")
 def mock_run(tmp_path_factory):
     """One short epoch of `train.py` on 40 mock images; returns the workdir."""
     workdir = tmp_path_factory.mktemp("run")
-    with tfds.testing.mock_data(num_examples=40):
-        status = train_command.main(["--epochs", "1", "--batch-size", "16",
-                                     "--workdir", str(workdir), "--data-dir", str(workdir / "data"),
-                                     "--no-progress", "--seed", "3"])
-    assert status == 0
+    assert run_on_mock_data(workdir, "--epochs", "1") == 0
     return workdir
+
+
+def test_the_first_line_names_the_workdir_and_the_last_two_what_was_written_and_next(
+        mock_run):
+    screen = SCREENS[str(mock_run)]
+    assert screen[0].startswith(f"training in {mock_run} on cpu, 1 device"), screen
+    assert screen[-2:] == [
+        f"wrote {mock_run}: checkpoint at step 3, metrics.jsonl, reconstructions_epoch1.png, "
+        f"samples_epoch1.png, tensorboard/",
+        f"next: vae-jax-evaluate --workdir {mock_run}  |  vae-jax-explore --workdir {mock_run}"]
+    for name in ("metrics.jsonl", "reconstructions_epoch1.png", "samples_epoch1.png",
+                 "tensorboard"):
+        assert os.path.exists(mock_run / name), name
+
+
+def test_a_resumed_run_says_so_first(mock_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(mock_run, resumed)
+    assert run_on_mock_data(resumed, "--epochs", "2") == 0
+    screen = SCREENS[str(resumed)]
+    assert screen[0] == (f"resuming the run in {resumed} from its checkpoint at step 3 "
+                         f"(epoch 2, batch 0)")
+    assert screen[-2].startswith(f"wrote {resumed}: checkpoint at step 6, ")
 
 
 def test_cli_run_writes_every_output(mock_run):

@@ -16,10 +16,23 @@ The package by job (each folder's `__init__` says more):
 * `benchmarks/`: timing and profiling (`vae-jax-bench`), not loaded by `import vae_jax`.
 
 The names below load on first use, so that `import vae_jax.runtime.hugepages` (which
-`train.py` runs before anything else) does not pull in JAX.
+`train.py` runs before anything else) does not pull in JAX. `vae_jax.__version__` is the
+installed distribution's version (pyproject.toml's, its one definition).
 """
 
 import importlib
+import importlib.metadata
+
+DISTRIBUTION = "vae-jax"
+
+
+def installed_version() -> str:
+    """The version of the installed vae-jax, from its metadata ("unknown" when the package
+    is imported from a folder that was never installed)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 _HOMES = {"VAE": "vae_jax.model.vae", "Decoder": "vae_jax.model.vae",
           "Encoder": "vae_jax.model.vae", "reparameterize": "vae_jax.model.vae",
@@ -31,6 +44,8 @@ __all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        return installed_version()
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal
 from vae_jax import pretrained
 from vae_jax.checkpoints import saved_model
 from vae_jax.checkpoints.config_file import read_config_file
-from vae_jax.commands.launch import program_name  # noqa: F401 - the commands' prog
+from vae_jax.commands.launch import program_name, version_line  # noqa: F401 - prog
 from vae_jax.model.binarize import BINARIZE_MODES
 from vae_jax.runtime import distributed, hugepages, platforms
 from vae_jax.runtime.errors import NON_NEGATIVE, InputError, Stopped, first_line, is_non_negative
@@ -42,7 +42,13 @@ from vae_jax.training.config import MAX_SEED, flag_name
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line (and exit code 2), without the usage block."""
+    """Reports a bad flag in one line (and exit code 2), without the usage block; every
+    command answers `--version`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=version_line(self.prog),
+                          help="print the installed vae-jax's version and exit")
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

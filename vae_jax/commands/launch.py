@@ -21,13 +21,23 @@ def program_name(default: str) -> str:
 
 
 def run_command(module_name: str, default_prog: str) -> int:
-    """`module_name.main()`'s exit code; 130 with one line if interrupted while importing."""
+    """`module_name.main()`'s exit code; 130 with one line if interrupted while importing.
+    `--version` answers at once, before the command's module (and JAX) is imported."""
+    if "--version" in sys.argv[1:]:
+        print(version_line(program_name(default_prog)))
+        return 0
     try:
         main = importlib.import_module(module_name).main
     except KeyboardInterrupt:
         print(f"{program_name(default_prog)}: interrupted", file=sys.stderr)
         return 130
     return main()
+
+
+def version_line(prog: str) -> str:
+    """What `--version` prints: `PROG VERSION`."""
+    from vae_jax import installed_version
+    return f"{prog} {installed_version()}"
 
 
 def entry_point(module_name: str, default_prog: str):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
-from vae_jax.checkpoints.workdir import CHECKPOINTS_DIR, METRICS_FILE
+from vae_jax.checkpoints.workdir import CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR
 from vae_jax.commands import cli
+from vae_jax.runtime.distributed import is_main_process
 from vae_jax.runtime.errors import InputError
 from vae_jax.training.config import TrainConfig
 from vae_jax.training.loop import train_and_evaluate
+from vae_jax.training.train_state import step_of
+from vae_jax.training.writers import epoch_picture_names
 
 
 def build_parser() -> cli.OneLineParser:
@@ -45,8 +49,19 @@ def check_fresh(workdir: str, fresh: bool, overwrite: bool) -> None:
 
 def command(args: argparse.Namespace) -> None:
     check_fresh(args.workdir, args.fresh, args.overwrite)
-    train_and_evaluate(cli.config_from_args(args, TrainConfig), args.workdir,
-                       progress=args.progress, fresh=args.fresh)
+    config = cli.config_from_args(args, TrainConfig)
+    state = train_and_evaluate(config, args.workdir, progress=args.progress, fresh=args.fresh)
+    if is_main_process():
+        print(closing_lines(args.workdir, config.epochs, step_of(state)))
+
+
+def closing_lines(workdir: str, epochs: int, step: int) -> str:
+    """The run's last two lines: what it wrote where, and the commands to run next."""
+    folder = shlex.quote(workdir)
+    reconstructions, samples = epoch_picture_names(epochs)
+    return (f"wrote {workdir}: checkpoint at step {step}, {METRICS_FILE}, {reconstructions}, "
+            f"{samples}, {TENSORBOARD_DIR}/\n"
+            f"next: vae-jax-evaluate --workdir {folder}  |  vae-jax-explore --workdir {folder}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,15 +244,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
         first_epoch, first_batch = divmod(step_of(state), steps_per_epoch)
         first_epoch += 1
         if restored:
-            log(f"resuming from the checkpoint at step {step_of(state)} (epoch {first_epoch}, "
-                f"batch {first_batch}) in {run.directory}")
+            log(f"resuming the run in {workdir} from its checkpoint at step {step_of(state)} "
+                f"(epoch {first_epoch}, batch {first_batch})")
         if main:
             write_config_file(workdir, config.to_json())
         if first_epoch > config.epochs:
             log(f"nothing to do: the run in {workdir} has already trained {config.epochs} "
                 "epochs")
             return state
-        log(f"training on {setup.parallel.describe()} ({config.epoch_mode} epochs): "
+        log(f"training in {workdir} on {setup.parallel.describe()} ({config.epoch_mode} epochs): "
             f"{len(setup.train_images)} train / {len(setup.test_images)} test images of "
             f"{config.dataset}, batch {config.batch_size}")
         with EpochWriter(workdir, completed_epochs=first_epoch - 1, log=log,

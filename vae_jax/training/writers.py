@@ -53,6 +53,11 @@ def read_metrics(path: str, warn: Callable[[str], None] | None = None) -> list[d
     return [records[epoch] for epoch in sorted(records)]
 
 
+def epoch_picture_names(epoch: int) -> tuple[str, str]:
+    """The file names of an epoch's pictures: its reconstructions and its prior samples."""
+    return f"reconstructions_epoch{epoch}.png", f"samples_epoch{epoch}.png"
+
+
 class EpochWriter:
     """Writes each epoch's record and pictures into `workdir`; a context manager.
 
@@ -100,9 +105,9 @@ class EpochWriter:
         """Writes the reconstruction grid and the prior samples; returns their mosaics
         (2-D arrays in [0, 1]) for TensorBoard."""
         grids.save_reconstructions(
-            os.path.join(self.workdir, f"reconstructions_epoch{epoch}.png"),
+            os.path.join(self.workdir, epoch_picture_names(epoch)[0]),
             pictures.originals, pictures.reconstructions, title=f"epoch {epoch}")
-        grids.save_samples(os.path.join(self.workdir, f"samples_epoch{epoch}.png"),
+        grids.save_samples(os.path.join(self.workdir, epoch_picture_names(epoch)[1]),
                            pictures.samples, title=f"samples from the prior, epoch {epoch}")
         return {"reconstructions": np.concatenate(
                     [grids.tile(pictures.originals, columns=5),
