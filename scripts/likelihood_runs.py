@@ -25,6 +25,9 @@ import subprocess
 import sys
 import time
 
+from vae_jax.checkpoints import metrics_file
+from vae_jax.checkpoints.workdir import METRICS_FILE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARIZED = ["--binarize", "dynamic", "--epochs", "100", "--lr-schedule", "cosine"]
 RECIPES = {
@@ -58,11 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+    """The run's epoch records; a half-written last line (a run killed while appending) is
+    skipped, as the resumed run will redo that epoch."""
+    path = os.path.join(workdir, METRICS_FILE)
+    return metrics_file.read_metrics(path) if os.path.exists(path) else []
 
 
 def planned_epochs(flags: list[str]) -> int:

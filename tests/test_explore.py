@@ -2,6 +2,7 @@
 encode/decode compiled once, walks, slider order, the posterior picture, and the command's
 one-line refusals. tests/test_explore_page.py drives the page itself in Chromium."""
 
+import collections
 import functools
 import socket
 import subprocess
@@ -119,6 +120,30 @@ def test_each_view_compiles_once():
         space.decode(np.full((1, Z_DIM), value, np.float32))
     with pytest.raises(AssertionError, match="traced > 1 times"):  # the guard can fail
         space.decode(np.zeros((2, Z_DIM), np.float32))
+
+
+def test_after_the_warm_up_the_pages_first_views_compile_nothing():
+    """What `vae-jax-explore` compiles before it prints its address: an encode, a
+    reconstruction, a slider's decode and a walk then trace nothing (counted, not timed)."""
+    traces = collections.Counter()
+
+    def count(function):
+        def traced(*args):
+            traces[function] += 1
+            return function(*args)
+        return traced
+
+    space = LatentSpace(VAE(), untrained_variables(), None, trace_guard=count)
+    space.warm_up()
+    warmed = dict(traces)
+    assert sum(warmed.values()) == 3  # encode; decode of one latent and of a walk
+    image, other = digit_images(2)
+    space.reconstruct(space.encode(image))
+    space.decode(np.zeros((1, Z_DIM), np.float32))
+    space.walk(image, other)
+    assert dict(traces) == warmed
+    space.decode(np.zeros((2, Z_DIM), np.float32))  # a shape the page never uses: traced
+    assert sum(traces.values()) == 4
 
 
 def test_a_walk_is_the_decoded_straight_line_between_two_posterior_means(space):

@@ -453,7 +453,7 @@ def test_the_plots_skip_a_broken_metrics_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "train_loss": 200, "test_loss": 150}\n{"epoch": 2, "tr\n')
     warnings = []
-    records = vae_jax.training.writers.read_metrics(str(path), warn=warnings.append)
+    records = vae_jax.checkpoints.metrics_file.read_metrics(str(path), warn=warnings.append)
     assert [record["epoch"] for record in records] == [1]
     assert len(warnings) == 1 and "line 2" in warnings[0]
 

@@ -58,3 +58,12 @@ def test_a_run_stopped_by_the_budget_is_finished_and_evaluated_by_the_next_call(
     assert script.main([*flags, "--budget-minutes", "10"]) == 0  # nothing left to do
     assert "$ " not in capfd.readouterr().out
     assert {path: path.stat().st_mtime_ns for path in saved} == saved
+
+
+def test_a_half_written_last_metrics_line_does_not_stop_the_workflow(tmp_path):
+    """A run killed while appending leaves half a line; the resumed run redoes that epoch,
+    so the script reads the complete records and goes on."""
+    script = load_script()
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_loss": 99.5}\n{"epoch": 2, "te')
+    assert script.read_metrics(str(tmp_path)) == [{"epoch": 1, "test_loss": 99.5}]
+    assert script.read_metrics(str(tmp_path / "no_run_yet")) == []

@@ -68,6 +68,18 @@ def test_committed_notebook_keeps_the_outputs_of_a_full_run():
     assert len(_outputs(notebook, "image/png")) == 5 + FIGURES
 
 
+def test_the_learner_sees_the_model_not_the_test_plumbing():
+    """The first code cell is the imports and what the notebook trains on; the quick mode,
+    the mock data and the runs' folder are set outside (`vae_jax.data.notebook_mode`)."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    assert notebook.cells[0].cell_type == "markdown"
+    assert code[0].startswith("# Needs vae-jax") and "Colab" in code[0]
+    assert "notebook_mode.settings(train_images=20_000, test_images=2_000, epochs=5)" in code[0]
+    for knob in ("VAE_JAX_", "QUICK", "mock_data", "subprocess", "tempfile"):
+        assert knob not in "".join(code), knob
+
+
 @pytest.mark.slow(reason="executes the notebook in a kernel")
 def test_notebook_runs_in_quick_mode_and_draws_its_figures(executed):
     text = "".join(output.get("text", "") for cell in executed.cells

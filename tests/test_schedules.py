@@ -28,7 +28,7 @@ def values(schedule, steps_):
 def test_the_course_rate_is_the_number_itself():
     # A float, not a schedule: optax.adam then keeps the course's state, step for step.
     assert schedules.learning_rate_schedule(PEAK) == PEAK
-    assert schedules.run_learning_rate(TrainConfig(), steps_per_epoch=59) == PEAK
+    assert TrainConfig().learning_rate_schedule(steps_per_epoch=59) == PEAK
     course, scheduled = (train_state.make_optimizer(rate).init({"w": jnp.zeros(2)})
                          for rate in (PEAK, optax.constant_schedule(PEAK)))
     assert jax.tree.structure(course) != jax.tree.structure(scheduled)
@@ -65,7 +65,7 @@ def test_a_decay_that_ends_before_its_warm_up_is_refused():
 def test_the_run_counts_epochs_in_steps_and_decays_by_the_last_epoch():
     config = TrainConfig(epochs=5, lr_schedule="cosine", lr_warmup_epochs=1, lr_end_fraction=0.5)
     assert config.lr_decay_end() == 5
-    schedule = schedules.run_learning_rate(config, steps_per_epoch=3)
+    schedule = config.learning_rate_schedule(steps_per_epoch=3)
     np.testing.assert_allclose(values(schedule, [0, 3, 15, 30]),
                                [0, PEAK, PEAK / 2, PEAK / 2], rtol=1e-6)
     assert TrainConfig(epochs=5, lr_schedule="cosine", lr_decay_epochs=3).lr_decay_end() == 3

@@ -253,9 +253,9 @@ def test_beta_one_is_the_course_and_beta_zero_trains_on_the_reconstruction_alone
 
 def test_a_kl_warm_up_counts_epochs_in_steps():
     config = TrainConfig(batch_size=16, kl_weight=2.0, kl_warmup_epochs=2)
-    schedule = schedules.run_kl_weight(config, steps_per_epoch=3)
+    schedule = config.kl_weight_schedule(steps_per_epoch=3)
     np.testing.assert_allclose([schedule(step) for step in (0, 3, 6, 9)], [0.0, 1.0, 2.0, 2.0])
-    assert [schedules.run_kl_weight(TrainConfig(), 3)(step) for step in (0, 9)] == [1.0, 1.0]
+    assert [TrainConfig().kl_weight_schedule(3)(step) for step in (0, 9)] == [1.0, 1.0]
 
 
 @pytest.mark.slow(reason="compiles the step loop and the scan epoch with a warm-up")

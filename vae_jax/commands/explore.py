@@ -78,6 +78,7 @@ def command(args: argparse.Namespace) -> None:
     model, variables, _ = cli.load_model(args)
     images, note = test_images(args)
     space = LatentSpace(model, variables, images)
+    space.warm_up()  # compiled before the address is printed: the first view answers at once
     where = os.path.abspath(cli.model_directory(args))
     run_name = args.pretrained or os.path.basename(where)
     site = page.build_page(space, run_name, note)

@@ -15,11 +15,11 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.patches import Patch
 
+from vae_jax.checkpoints.metrics_file import read_metrics
 from vae_jax.checkpoints.workdir import METRICS_FILE
 from vae_jax.evaluation import elbo, grids, likelihood
 from vae_jax.model import losses, metrics
 from vae_jax.model.vae import VAE
-from vae_jax.training.writers import read_metrics
 
 # Pairs of digits to interpolate between, one row each.
 DIGIT_PAIRS = ((0, 6), (1, 7), (2, 3), (4, 9), (5, 8), (3, 8), (7, 9), (1, 4))

@@ -2,45 +2,34 @@
 course's model and a fresh train state, a few epochs of the learner's own step, the
 importance log-weights of a trained model, and pictures.
 
-The test suite runs the notebook in a quick mode (VAE_JAX_NOTEBOOK_QUICK=1: at most
-`QUICK_IMAGES` images and one epoch) and, offline, on tfds's mock MNIST
-(VAE_JAX_NOTEBOOK_MOCK_DATA=1). Those switches are read here, out of the learner's sight.
+The test suite runs the notebook in its quick mode (`vae_jax.data.notebook_mode`: a few
+images, one epoch, offline on tfds's mock MNIST), out of the learner's sight.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.data.input_pipeline import epoch_permutation, import_tfds, load_split
+from vae_jax.data import notebook_mode
+from vae_jax.data.input_pipeline import epoch_permutation, load_split
 from vae_jax.evaluation import grids
 from vae_jax.model import objectives
 from vae_jax.model.vae import VAE
 from vae_jax.training.config import TrainConfig
 from vae_jax.training.train_state import TrainState, create_train_state, make_optimizer
 
-QUICK_IMAGES = 256
-
-
-def quick() -> bool:
-    """Whether the notebook runs in the test suite's quick mode."""
-    return os.environ.get("VAE_JAX_NOTEBOOK_QUICK") == "1"
-
 
 def mnist(split: str, count: int) -> np.ndarray:
     """The first `count` images of MNIST's `split` ("train" or "test"): (count, 28, 28, 1)
-    float32 in [0, 1]."""
-    if quick():
-        count = min(count, QUICK_IMAGES)
-    mock = (import_tfds().testing.mock_data(num_examples=QUICK_IMAGES)
-            if os.environ.get("VAE_JAX_NOTEBOOK_MOCK_DATA") else contextlib.nullcontext())
-    with mock:
+    float32 in [0, 1] (at most `notebook_mode.QUICK_TEST_IMAGES` in quick mode)."""
+    if notebook_mode.quick():
+        count = min(count, notebook_mode.QUICK_TEST_IMAGES)
+    with notebook_mode.data():
         images, _ = load_split("mnist", f"{split}[:{count}]")
     return images
 
@@ -59,7 +48,7 @@ def train(train_step: Callable, state: TrainState, images: np.ndarray, *, epochs
     """`epochs` passes of the learner's `train_step(state, images) -> (state, loss)` over
     `images` in shuffled batches (one epoch in quick mode); prints each epoch's loss per
     image. The step is compiled once for the full batches and once for the last one."""
-    epochs = 1 if quick() else epochs
+    epochs = 1 if notebook_mode.quick() else epochs
     step = jax.jit(train_step)
     shuffle_key = jax.random.key(seed)
     for epoch in range(1, epochs + 1):

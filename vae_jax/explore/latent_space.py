@@ -163,6 +163,15 @@ class LatentSpace:
         mean of image `start` to that of `end`."""
         return self.decode(interpolate(self.encode(start).mean, self.encode(end).mean))
 
+    def warm_up(self) -> None:
+        """Compiles every shape the page uses (one image, one latent, a walk, the sample
+        grid), so that its first views answer at once."""
+        blank = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)
+        posterior = self.encode(blank)
+        self.reconstruct(posterior)
+        self.walk(blank, blank)
+        self.samples(0)
+
     def samples(self, seed: int) -> np.ndarray:
         """SAMPLE_GRID prior samples (n, 28, 28, 1) for `seed`: those `vae-jax-sample --seed
         SEED --num 64` draws."""

@@ -75,136 +75,159 @@ def use_summary(space: LatentSpace, note: str | None) -> str:
             f"informative first (highest mean KL).")
 
 
-def build_page(space: LatentSpace, run_name: str, note: str | None = None) -> gr.Blocks:
-    """The page for `space`; `run_name` heads it, `note` says why there are no test images."""
-    images = space.reference_images
-    count = 0 if images is None else len(images)
-    order = space.use.order
+def on_page(handler, outputs: int = 1):
+    """`handler` with bad input as one message on the page, its `outputs` left as they were
+    (an exception would mark each of them as failed) and no traceback printed."""
+    def run(*args):
+        try:
+            return handler(*args)
+        except InputError as error:
+            gr.Warning(first_line(error))
+            return gr.skip() if outputs == 1 else [gr.skip()] * outputs
+    return run
 
-    def shown(posterior: Posterior, image: np.ndarray):
-        reconstruction = space.reconstruct(posterior)
+
+class Views:
+    """What the page's views compute from their inputs, over `space` and its test images."""
+
+    def __init__(self, space: LatentSpace, note: str | None):
+        self.space, self.note = space, note
+        self.images = space.reference_images
+        self.count = 0 if self.images is None else len(self.images)
+        self.order = space.use.order
+
+    def test_image(self, index) -> np.ndarray:
+        if self.count == 0:
+            raise InputError(f"no test images were loaded{f' ({self.note})' if self.note else ''}")
+        if index is None or not float(index).is_integer() or not 0 <= index < self.count:
+            raise InputError(f"a test image is a number from 0 to {self.count - 1}, got {index}")
+        return self.images[int(index)]
+
+    def encoded(self, image: np.ndarray) -> list:
+        """The encode view's outputs for `image`: the input, its reconstruction (also the
+        sliders' picture), the posterior's plot and table, its mean, the sliders."""
+        posterior = self.space.encode(image)
+        reconstruction = self.space.reconstruct(posterior)
         return ([figures.enlarge(image), figures.enlarge(reconstruction),
                  figures.enlarge(reconstruction),
-                 figures.posterior_figure(posterior, space.use),
-                 posterior_table(posterior, space), posterior.mean.tolist()]
-                + slider_values(posterior.mean, order))
+                 figures.posterior_figure(posterior, self.space.use),
+                 posterior_table(posterior, self.space), posterior.mean.tolist()]
+                + slider_values(posterior.mean, self.order))
 
-    def test_image(index) -> np.ndarray:
-        if count == 0:
-            raise InputError(f"no test images were loaded{f' ({note})' if note else ''}")
-        if index is None or not float(index).is_integer() or not 0 <= index < count:
-            raise InputError(f"a test image is a number from 0 to {count - 1}, got {index}")
-        return images[int(index)]
+    def decoded(self, *values) -> np.ndarray:
+        return figures.enlarge(self.space.decode(latent_from_sliders(values, self.order)[None])[0])
 
-    def encode_image(image):
-        return shown(space.encode(image), image)
+    def back_to_means(self, mean) -> list:
+        mean = np.asarray(mean)
+        return ([figures.enlarge(self.space.decode(mean[None])[0])]
+                + slider_values(mean, self.order))
 
-    def on_page(handler, outputs: int = 1):
-        """`handler` with bad input as one message on the page, its `outputs` left as they
-        were (an exception would mark each of them as failed) and no traceback printed."""
-        def run(*args):
-            try:
-                return handler(*args)
-            except InputError as error:
-                gr.Warning(first_line(error))
-                return gr.skip() if outputs == 1 else [gr.skip()] * outputs
-        return run
+    def walk(self, start, end) -> np.ndarray:
+        return figures.strip(self.space.walk(self.test_image(start), self.test_image(end)))
 
+    def samples(self, value) -> np.ndarray:
+        if value is None or not float(value).is_integer() or not 0 <= value <= MAX_SEED:
+            raise InputError(f"a seed is a whole number from 0 to {MAX_SEED}, got {value}")
+        return figures.grid(self.space.samples(int(value)))
+
+
+def build_page(space: LatentSpace, run_name: str, note: str | None = None) -> gr.Blocks:
+    """The page for `space`; `run_name` heads it, `note` says why there are no test images."""
+    views = Views(space, note)
     with gr.Blocks(title=f"vae-jax explorer: {run_name}", analytics_enabled=False) as page:
         gr.Markdown(INTRO.format(run=run_name, z_dim=space.z_dim,
                                  use=use_summary(space, note)))
-        posterior_mean = gr.State([0.0] * space.z_dim)
         with gr.Tab("Encode and decode"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    canvas = gr.Sketchpad(label="Draw a digit: pick the brush, then draw",
-                                          canvas_size=(280, 280), fixed_canvas=True,
-                                          type="numpy", layers=False, elem_id="canvas",
-                                          brush=gr.Brush(colors=["#000000"],
-                                                         default_color="#000000",
-                                                         color_mode="fixed", default_size=9))
-                    encode_drawing = gr.Button("Encode the drawing", variant="primary",
-                                               elem_id="encode-drawing")
-                    with gr.Row():
-                        index = gr.Number(0, label=f"or a test image (0 to {max(count - 1, 0)})",
-                                          precision=0, minimum=0, maximum=max(count - 1, 0),
-                                          interactive=count > 0, elem_id="test-index")
-                        encode_test = gr.Button("Encode the test image", interactive=count > 0,
-                                                elem_id="encode-test")
-                with gr.Column(scale=4):
-                    with gr.Row():
-                        seen = _picture("Input, 28x28", "input-image", DIGIT_HEIGHT)
-                        reconstruction = _picture("Reconstruction", "reconstruction",
-                                                  DIGIT_HEIGHT)
-                        decoded = _picture("From the sliders", "decoded", DIGIT_HEIGHT)
-                    plot = _picture("Posterior", "posterior-plot")
-            gr.Markdown("### Decode: move a latent and watch the image\nEach slider is one "
-                        "latent, starting at the encoded image's mean; the prior puts 95% of "
-                        "its mass between -2 and 2.")
-            sliders = []
-            with gr.Row():
-                for position, dimension in enumerate(order[:VISIBLE_SLIDERS]):
-                    sliders.append(_slider(space, position, dimension))
-            if len(order) > VISIBLE_SLIDERS:
-                with gr.Accordion(f"The other {len(order) - VISIBLE_SLIDERS} latents",
-                                  open=False):
-                    with gr.Row():
-                        for position, dimension in enumerate(order[VISIBLE_SLIDERS:],
-                                                             VISIBLE_SLIDERS):
-                            sliders.append(_slider(space, position, dimension))
-            reset = gr.Button("Back to the encoded means", elem_id="reset")
-            with gr.Accordion("The posterior in numbers", open=False):
-                table = gr.HTML(elem_id="posterior-table")
+            encoded = _encode_and_decode_tab(views)
         with gr.Tab("Walk"):
-            gr.Markdown(f"The decoder along the straight line in z from one test image's "
-                        f"posterior mean to another's, in {WALK_STEPS} steps.")
-            with gr.Row():
-                walk_from = gr.Number(0, label="from test image", precision=0,
-                                      elem_id="walk-from")
-                walk_to = gr.Number(1, label="to test image", precision=0, elem_id="walk-to")
-                walk_button = gr.Button("Walk", variant="primary", elem_id="walk")
-            walk_strip = _picture("The walk", "walk-strip")
+            _walk_tab(views)
         with gr.Tab("Sample"):
-            gr.Markdown("z ~ N(0, I) decoded: what the model makes up. The same seed gives "
-                        "the same grid as `vae-jax-sample --num 64 --seed SEED`.")
-            with gr.Row():
-                seed = gr.Number(0, label=f"seed (0 to {MAX_SEED})", precision=0,
-                                 elem_id="seed")
-                sample_button = gr.Button("Sample", variant="primary", elem_id="sample")
-            sample_grid = _picture("64 samples from the prior", "sample-grid")
-
-        encoded = [seen, reconstruction, decoded, plot, table, posterior_mean, *sliders]
-        encode_drawing.click(on_page(lambda value: encode_image(drawing.drawing_to_image(value)),
-                                     len(encoded)), canvas, encoded)
-        encode_test.click(on_page(lambda i: encode_image(test_image(i)), len(encoded)), index,
-                          encoded)
-        index.submit(on_page(lambda i: encode_image(test_image(i)), len(encoded)), index, encoded)
-
-        def decode_sliders(*values):
-            z = latent_from_sliders(values, order)
-            return figures.enlarge(space.decode(z[None])[0])
-
-        for slider in sliders:
-            slider.input(on_page(decode_sliders), sliders, decoded, trigger_mode="always_last",
-                         show_progress="hidden")
-        reset.click(lambda mean: [figures.enlarge(space.decode(np.asarray(mean)[None])[0])]
-                    + slider_values(np.asarray(mean), order), posterior_mean, [decoded, *sliders])
-
-        def walk(start, end):
-            return figures.strip(space.walk(test_image(start), test_image(end)))
-
-        walk_button.click(on_page(walk), [walk_from, walk_to], walk_strip)
-
-        def sample(value):
-            if value is None or not float(value).is_integer() or not 0 <= value <= MAX_SEED:
-                raise InputError(f"a seed is a whole number from 0 to {MAX_SEED}, got {value}")
-            return figures.grid(space.samples(int(value)))
-
-        sample_button.click(on_page(sample), seed, sample_grid)
-        if count:
-            page.load(lambda: encode_image(images[0]), None, encoded)
-        page.load(lambda: figures.grid(space.samples(0)), None, sample_grid)
+            sample_grid = _sample_tab(views)
+        if views.count:
+            page.load(lambda: views.encoded(views.images[0]), None, encoded)
+        page.load(lambda: views.samples(0), None, sample_grid)
     return page
+
+
+def _encode_and_decode_tab(views: Views) -> list:
+    """Draw or pick an image, see its reconstruction and posterior, move its latents;
+    returns the components an encode fills."""
+    count = views.count
+    with gr.Row():
+        with gr.Column(scale=3):
+            canvas = gr.Sketchpad(label="Draw a digit: pick the brush, then draw",
+                                  canvas_size=(280, 280), fixed_canvas=True, type="numpy",
+                                  layers=False, elem_id="canvas",
+                                  brush=gr.Brush(colors=["#000000"], default_color="#000000",
+                                                 color_mode="fixed", default_size=9))
+            encode_drawing = gr.Button("Encode the drawing", variant="primary",
+                                       elem_id="encode-drawing")
+            with gr.Row():
+                index = gr.Number(0, label=f"or a test image (0 to {max(count - 1, 0)})",
+                                  precision=0, minimum=0, maximum=max(count - 1, 0),
+                                  interactive=count > 0, elem_id="test-index")
+                encode_test = gr.Button("Encode the test image", interactive=count > 0,
+                                        elem_id="encode-test")
+        with gr.Column(scale=4):
+            with gr.Row():
+                seen = _picture("Input, 28x28", "input-image", DIGIT_HEIGHT)
+                reconstruction = _picture("Reconstruction", "reconstruction", DIGIT_HEIGHT)
+                decoded = _picture("From the sliders", "decoded", DIGIT_HEIGHT)
+            plot = _picture("Posterior", "posterior-plot")
+    gr.Markdown("### Decode: move a latent and watch the image\nEach slider is one latent, "
+                "starting at the encoded image's mean; the prior puts 95% of its mass between "
+                "-2 and 2.")
+    order = views.order
+    sliders = []
+    with gr.Row():
+        for position, dimension in enumerate(order[:VISIBLE_SLIDERS]):
+            sliders.append(_slider(views.space, position, dimension))
+    if len(order) > VISIBLE_SLIDERS:
+        with gr.Accordion(f"The other {len(order) - VISIBLE_SLIDERS} latents", open=False):
+            with gr.Row():
+                for position, dimension in enumerate(order[VISIBLE_SLIDERS:], VISIBLE_SLIDERS):
+                    sliders.append(_slider(views.space, position, dimension))
+    reset = gr.Button("Back to the encoded means", elem_id="reset")
+    with gr.Accordion("The posterior in numbers", open=False):
+        table = gr.HTML(elem_id="posterior-table")
+    posterior_mean = gr.State([0.0] * views.space.z_dim)
+
+    encoded = [seen, reconstruction, decoded, plot, table, posterior_mean, *sliders]
+    encode_drawing.click(on_page(lambda value: views.encoded(drawing.drawing_to_image(value)),
+                                 len(encoded)), canvas, encoded)
+    encode_test.click(on_page(lambda i: views.encoded(views.test_image(i)), len(encoded)),
+                      index, encoded)
+    index.submit(on_page(lambda i: views.encoded(views.test_image(i)), len(encoded)), index,
+                 encoded)
+    for slider in sliders:
+        slider.input(on_page(views.decoded), sliders, decoded, trigger_mode="always_last",
+                     show_progress="hidden")
+    reset.click(views.back_to_means, posterior_mean, [decoded, *sliders])
+    return encoded
+
+
+def _walk_tab(views: Views) -> None:
+    """The decoder along a line in z between two test images."""
+    gr.Markdown(f"The decoder along the straight line in z from one test image's posterior "
+                f"mean to another's, in {WALK_STEPS} steps.")
+    with gr.Row():
+        walk_from = gr.Number(0, label="from test image", precision=0, elem_id="walk-from")
+        walk_to = gr.Number(1, label="to test image", precision=0, elem_id="walk-to")
+        walk_button = gr.Button("Walk", variant="primary", elem_id="walk")
+    walk_strip = _picture("The walk", "walk-strip")
+    walk_button.click(on_page(views.walk), [walk_from, walk_to], walk_strip)
+
+
+def _sample_tab(views: Views) -> gr.Image:
+    """Prior samples for a seed; returns the grid's component."""
+    gr.Markdown("z ~ N(0, I) decoded: what the model makes up. The same seed gives the same "
+                "grid as `vae-jax-sample --num 64 --seed SEED`.")
+    with gr.Row():
+        seed = gr.Number(0, label=f"seed (0 to {MAX_SEED})", precision=0, elem_id="seed")
+        sample_button = gr.Button("Sample", variant="primary", elem_id="sample")
+    sample_grid = _picture("64 samples from the prior", "sample-grid")
+    sample_button.click(on_page(views.samples), seed, sample_grid)
+    return sample_grid
 
 
 def _picture(label: str, element_id: str, height: int | None = None) -> gr.Image:

@@ -15,10 +15,13 @@ import functools
 import typing
 from typing import Any, Literal, Mapping
 
+import optax
+
 from vae_jax.kernels.convolutions import Implementation
 from vae_jax.model.binarize import BinarizeMode
 from vae_jax.model.objectives import Objective, ObjectiveName
 from vae_jax.runtime.errors import NON_NEGATIVE, InputError, is_non_negative
+from vae_jax.training import schedules
 from vae_jax.training.schedules import LearningRateScheduleName
 
 EpochMode = Literal["auto", "steps", "scan"]
@@ -156,6 +159,20 @@ class TrainConfig:
             raise InputError(f"the {self.lr_schedule} decay ends at epoch "
                              f"{self.lr_decay_end()}, not after the {self.lr_warmup_epochs} "
                              "epochs of warm-up: lengthen lr_decay_epochs or epochs")
+
+    def learning_rate_schedule(self, steps_per_epoch: int) -> optax.ScalarOrSchedule:
+        """The run's learning rate, a number or an optax schedule of the step
+        (`lr_decay_epochs` resolved, see `lr_decay_end`)."""
+        return schedules.learning_rate_schedule(
+            self.learning_rate, self.lr_schedule,
+            warmup_steps=self.lr_warmup_epochs * steps_per_epoch,
+            decay_steps=self.lr_decay_end() * steps_per_epoch,
+            end_fraction=self.lr_end_fraction)
+
+    def kl_weight_schedule(self, steps_per_epoch: int) -> optax.Schedule:
+        """The run's β: `kl_weight`, reached over the first `kl_warmup_epochs` epochs."""
+        return schedules.kl_weight_schedule(self.kl_weight,
+                                            self.kl_warmup_epochs * steps_per_epoch)
 
     def lr_decay_end(self) -> int:
         """The epoch by which the learning rate has decayed: `lr_decay_epochs`, else

@@ -41,7 +41,7 @@ from vae_jax.runtime.errors import InputError
 from vae_jax.runtime.mesh import DataParallel, barrier, host, to_host
 from vae_jax.training import hooks, resume
 from vae_jax.training.config import EpochMode, TrainConfig
-from vae_jax.training.schedules import run_kl_weight, run_learning_rate, value_at
+from vae_jax.training.schedules import value_at
 from vae_jax.training.steps import make_train_epoch, make_train_step
 from vae_jax.training.train_state import (
     RunKeys,
@@ -162,11 +162,11 @@ class RunSetup:
 
     @property
     def learning_rate(self) -> optax.ScalarOrSchedule:
-        return run_learning_rate(self.config, self.steps_per_epoch)
+        return self.config.learning_rate_schedule(self.steps_per_epoch)
 
     @property
     def kl_weight(self) -> optax.Schedule:
-        return run_kl_weight(self.config, self.steps_per_epoch)
+        return self.config.kl_weight_schedule(self.steps_per_epoch)
 
     @classmethod
     def create(cls, config: TrainConfig, workdir: str) -> "RunSetup":

@@ -7,12 +7,9 @@ steps here. The course trains with a constant learning rate and β = 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import optax
-
-if TYPE_CHECKING:
-    from vae_jax.training.config import TrainConfig
 
 LearningRateScheduleName = Literal["constant", "cosine", "exponential"]
 
@@ -57,18 +54,3 @@ def learning_rate_schedule(peak: float, kind: LearningRateScheduleName = "consta
 def value_at(schedule: optax.ScalarOrSchedule, step: int) -> float:
     """A schedule's value at `step` (a constant is its own value)."""
     return float(schedule(step) if callable(schedule) else schedule)
-
-
-def run_learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.ScalarOrSchedule:
-    """A run's learning rate from its settings (`lr_decay_epochs` resolved, see
-    `TrainConfig.lr_decay_end`)."""
-    return learning_rate_schedule(
-        config.learning_rate, config.lr_schedule,
-        warmup_steps=config.lr_warmup_epochs * steps_per_epoch,
-        decay_steps=config.lr_decay_end() * steps_per_epoch,
-        end_fraction=config.lr_end_fraction)
-
-
-def run_kl_weight(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """A run's β: `--kl-weight`, reached over the first `--kl-warmup-epochs` epochs."""
-    return kl_weight_schedule(config.kl_weight, config.kl_warmup_epochs * steps_per_epoch)
