@@ -1,8 +1,12 @@
 """Checks the release artifacts: the sdist and the wheel that `python -m build` makes.
 
+    python scripts/check_artifacts.py copy . /tmp/clean          # the files git would clone
     python scripts/check_artifacts.py contents dist/vae_jax-*.whl dist/vae_jax-*.tar.gz
     python scripts/check_artifacts.py smoke --data-dir DIR   # in the wheel's venv, elsewhere
 
+`copy`: the repository's files as a clone would have them (tracked, and untracked but not
+ignored), without what an editable install leaves behind: a stale `vae_jax.egg-info` would
+feed its old file list to the build and hide a model missing from the package data.
 `contents`: the wheel holds the package, its pretrained models (every file of each) and
 its metadata, nothing else; the sdist holds what a build and the test suite need (the
 package, tests, docs sources, notebooks, scripts) and no build outputs or runs.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,6 +39,24 @@ SDIST_NEEDS = ("pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "MANIFE
                "scripts/check_artifacts.py", ".ci/run")
 SDIST_REFUSES = ("docs/_build/*", "runs/*", "*/__pycache__/*", "*.pyc", ".venv/*",
                  ".ci-venv/*", "build/*", "dist/*")
+
+
+def clean_copy(repository: str, destination: str) -> int:
+    """Copies the files git would clone (with the working tree's changes) from
+    `repository` to `destination`; returns how many."""
+    listed = subprocess.run(["git", "-C", repository, "ls-files", "-z", "--cached",
+                             "--others", "--exclude-standard"], capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    count = 0
+    for name in filter(None, listed):
+        source = os.path.join(repository, name)
+        if not os.path.lexists(source):  # deleted in the working tree
+            continue
+        target = os.path.join(destination, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+        count += 1
+    return count
 
 
 def wheel_problems(names: list[str], models: list[str]) -> list[str]:
@@ -143,12 +166,18 @@ def smoke(data_dir: str | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="check", required=True)
+    copy = sub.add_parser("copy")
+    copy.add_argument("repository")
+    copy.add_argument("destination")
     contents = sub.add_parser("contents")
     contents.add_argument("wheel")
     contents.add_argument("sdist")
     smoke_parser = sub.add_parser("smoke")
     smoke_parser.add_argument("--data-dir", help="a tfds data directory with prepared MNIST")
     args = parser.parse_args()
+    if args.check == "copy":
+        print(f"copied {clean_copy(args.repository, args.destination)} files")
+        return
     problems = (check_contents(args.wheel, args.sdist) if args.check == "contents"
                 else smoke(args.data_dir))
     for problem in problems:

@@ -11,7 +11,10 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-if ! python -m build --outdir "$work/dist" "$repo" > "$work/build.log" 2>&1; then
+# From the files a clone has: an editable install's stale vae_jax.egg-info would add its
+# old file list to the build.
+python "$repo/scripts/check_artifacts.py" copy "$repo" "$work/src"
+if ! python -m build --outdir "$work/dist" "$work/src" > "$work/build.log" 2>&1; then
   cat "$work/build.log"; exit 1
 fi
 # PYTHONDONTWRITEBYTECODE, where the machine sets it, makes setuptools say it skips

@@ -63,8 +63,13 @@ def test_the_models_shipped_are_read_from_the_sdist():
 
 @pytest.mark.slow(reason="builds the sdist and the wheel (setuptools in an isolated env)")
 def test_the_artifacts_built_from_this_checkout_pass(tmp_path):
+    """Built from the files a clone has (a stale egg-info from an editable install would
+    hide a model missing from the package data)."""
+    source = tmp_path / "source"
+    assert check_artifacts.clean_copy(REPO_ROOT, str(source)) > 100
+    assert not (source / "vae_jax.egg-info").exists() and (source / "pyproject.toml").exists()
     build = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path),
-                            REPO_ROOT], capture_output=True, text=True, timeout=600)
+                            str(source)], capture_output=True, text=True, timeout=600)
     if "No module named build" in build.stderr:
         pytest.skip("the `build` package is not installed (.ci/run installs it)")
     assert build.returncode == 0, build.stderr[-3000:]
