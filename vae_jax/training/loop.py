@@ -39,7 +39,7 @@ from vae_jax.runtime import platforms
 from vae_jax.runtime.distributed import is_main_process
 from vae_jax.runtime.errors import InputError
 from vae_jax.runtime.mesh import DataParallel, barrier, host, to_host
-from vae_jax.training import hooks, resume
+from vae_jax.training import hooks, resume, run_limits
 from vae_jax.training.config import EpochMode, TrainConfig
 from vae_jax.training.schedules import value_at
 from vae_jax.training.steps import make_train_epoch, make_train_step
@@ -183,6 +183,9 @@ class RunSetup:
                                       download=config.download)[0]
             for split in (config.train_split, config.test_split))
         parallel.check_batches(len(train_images), config.batch_size)
+        run_limits.check_run_fits(
+            config, input_pipeline.num_batches(len(train_images), config.batch_size),
+            platforms.memory_bytes(), parallel.device_count)
         return cls(config, workdir, model, parallel, RunKeys.from_seed(config.seed),
                    train_images, test_images)
 
