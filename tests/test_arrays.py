@@ -2,10 +2,12 @@
 images as tfds, tfds' split syntax, read without TensorFlow, one-line errors, and a file
 written whole or not at all."""
 
+import io
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import chex
 import numpy as np
@@ -155,7 +157,8 @@ def good_arrays(count=4):
      r"test_images in .* is int64; give uint8 pixels"),
     ({**good_arrays(), "test_labels": np.zeros(3, np.int32)}, "test",
      r"test_labels in .* must be 4 integers, one per image; it is int32 of shape \(3,\)"),
-    ({"test_images": good_arrays()["test_images"]}, "test", r"split 'test' is not in"),
+    ({"test_images": good_arrays()["test_images"]}, "test",
+     r"split 'test' of .* has images but no test_labels array"),
 ])
 def test_bad_arrays_are_one_line(tmp_path, contents, split, message):
     path = tmp_path / "bad.npz"
@@ -175,6 +178,33 @@ def test_a_missing_or_damaged_file_is_one_line(tmp_path):
     os.rename(tmp_path / "one.npy", tmp_path / "one.npz")
     with pytest.raises(DatasetError, match=r"one.npz holds one array; it needs named arrays"):
         input_pipeline.load_split(str(tmp_path / "one.npz"), "test")
+
+
+def test_a_header_that_claims_a_huge_shape_is_refused_before_numpy_allocates(tmp_path):
+    """The sweep's file claimed 71 TiB and numpy tried to allocate it (a MemoryError
+    traceback); the claim is checked against the bytes the archive stores."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10**11, 28, 28, 1)})
+    labels = io.BytesIO()
+    np.save(labels, np.zeros(4, np.int64))
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("test_images.npy", header.getvalue() + bytes(4 * 784))
+        archive.writestr("test_labels.npy", labels.getvalue())
+    with pytest.raises(DatasetError, match=r"huge.npz: test_images claims shape "
+                       r"\(100000000000, 28, 28, 1\) of uint8 \(78,400,000,000,000 bytes\), "
+                       r"but the file stores 3,136$"):
+        input_pipeline.load_split(str(tmp_path / "huge.npz"), "test")
+
+
+def test_random_bytes_or_a_folder_are_named_as_such(tmp_path):
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DatasetError, match=r"random.npz: it is not an .npz archive") as error:
+        input_pipeline.load_split(str(tmp_path / "random.npz"), "test")
+    assert "pickle" not in str(error.value)
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(DatasetError, match=r"arrays file .*folder.npz is a folder, not a file"):
+        input_pipeline.load_split(str(tmp_path / "folder.npz"), "test")
 
 
 def test_save_refuses_images_that_are_not_8_bit(tmp_path):

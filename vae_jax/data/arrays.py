@@ -15,6 +15,7 @@ the same float32 values that tfds gives, so a run trains the same either way.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
@@ -25,6 +26,7 @@ from vae_jax.model.vae import IMAGE_SIZE
 from vae_jax.runtime.errors import DatasetError
 
 SUFFIX = ".npz"
+NPY_MAGIC = b"\x93NUMPY"  # how a single array's .npy file starts
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # damaged or not a .npz
 _SPLIT = re.compile(r"(?P<name>[A-Za-z_][\w.-]*)"
                    r"(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
@@ -76,8 +78,17 @@ def save(path: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
 def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The whole split `name` of the file: images as float32 (N, 28, 28, 1), labels as
     int32 (only its two arrays are read)."""
+    if os.path.isdir(path):
+        raise DatasetError(f"arrays file {path} is a folder, not a file")
     if not os.path.isfile(path):
         raise DatasetError(f"arrays file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(len(NPY_MAGIC)) == NPY_MAGIC:
+                raise DatasetError(f"arrays file {path} holds one array; it needs named "
+                                   "arrays NAME_images and NAME_labels (numpy.savez)")
+        raise DatasetError(f"cannot read arrays file {path}: it is not an .npz archive "
+                           "(numpy.savez writes one)")
     keys = (f"{name}_images", f"{name}_labels")
     try:
         file = np.load(path, allow_pickle=False)
@@ -87,11 +98,15 @@ def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"arrays file {path} holds one array; it needs named arrays "
                            "NAME_images and NAME_labels (numpy.savez)")
     with file:
-        if not all(key in file.files for key in keys):
+        if keys[0] not in file.files:
             splits = sorted(key[:-len("_images")] for key in file.files
                             if key.endswith("_images"))
             raise DatasetError(f"split {name!r} is not in {path}: it has "
                                f"{', '.join(splits) or 'no NAME_images arrays'}")
+        if keys[1] not in file.files:
+            raise DatasetError(f"split {name!r} of {path} has images but no {keys[1]} array")
+        for key in keys:
+            _check_stored_size(path, key)
         try:
             images, labels = (file[key] for key in keys)
         except _READ_ERRORS as error:
@@ -101,6 +116,24 @@ def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{name}_labels in {path} must be {len(images)} integers, one "
                            f"per image; it is {labels.dtype} of shape {labels.shape}")
     return images, labels.astype(np.int32)
+
+
+def _check_stored_size(path: str, key: str) -> None:
+    """Refuses an array whose header claims more (or fewer) bytes than the archive stores
+    for it, before numpy allocates what the header claims."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+            stored = archive.getinfo(f"{key}.npy").file_size - member.tell()
+    except (*_READ_ERRORS, KeyError) as error:
+        raise _unreadable(path, error) from None
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != stored:
+        raise DatasetError(f"cannot read arrays file {path}: {key} claims shape {shape} of "
+                           f"{dtype} ({claimed:,} bytes), but the file stores {stored:,}")
 
 
 def _unreadable(path: str, error: Exception) -> DatasetError:
