@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -45,19 +46,38 @@ QUICK = {"train": ["--epochs", "2", "--batch-size", "16", "--train-split", "trai
 STOP_GRACE_SECONDS = 120  # for a run given SIGTERM to save its checkpoint
 
 
+def positive_minutes(text: str) -> float:
+    """An argparse type: a finite number of minutes above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True,
                         help="a tfds dataset or an arrays file FILE.npz")
     parser.add_argument("--data-dir", default=None, help="tfds data directory")
     parser.add_argument("--runs-dir", required=True, help="one workdir per recipe in it")
-    parser.add_argument("--budget-minutes", type=float, default=10.0,
+    parser.add_argument("--budget-minutes", type=positive_minutes, default=10.0,
                         help="training time for this call, all recipes together (default 10)")
     parser.add_argument("--only", nargs="+", choices=sorted(RECIPES), metavar="NAME",
                         help=f"these recipes alone (of {', '.join(RECIPES)})")
     parser.add_argument("--platform", default="auto", choices=("auto", "cpu", "gpu", "tpu"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a test")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The runs train and evaluate with the repository as working directory: paths given
+    # relative to the caller's are made absolute here.
+    args.runs_dir = os.path.abspath(args.runs_dir)
+    if args.dataset.endswith(".npz"):
+        args.dataset = os.path.abspath(args.dataset)
+    if args.data_dir:
+        args.data_dir = os.path.abspath(args.data_dir)
+    return args
 
 
 def read_metrics(workdir: str) -> list[dict]:

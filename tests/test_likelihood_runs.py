@@ -67,3 +67,22 @@ def test_a_half_written_last_metrics_line_does_not_stop_the_workflow(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "test_loss": 99.5}\n{"epoch": 2, "te')
     assert script.read_metrics(str(tmp_path)) == [{"epoch": 1, "test_loss": 99.5}]
     assert script.read_metrics(str(tmp_path / "no_run_yet")) == []
+
+
+def test_relative_paths_are_the_callers_and_a_budget_must_be_positive(tmp_path, monkeypatch,
+                                                                     capsys):
+    """The runs work in the repository: paths relative to where the script was called from
+    are made absolute first; a budget of NaN or below 0 is refused, not a run that trains
+    nothing and exits 0."""
+    script = load_script()
+    monkeypatch.chdir(tmp_path)
+    args = script.parse_args(["--dataset", "data/mnist.npz", "--runs-dir", "runs",
+                              "--data-dir", "tfds"])
+    assert (args.dataset, args.runs_dir, args.data_dir) == (
+        str(tmp_path / "data" / "mnist.npz"), str(tmp_path / "runs"), str(tmp_path / "tfds"))
+    assert script.parse_args(["--dataset", "mnist", "--runs-dir", "r"]).dataset == "mnist"
+    for budget in ("nan", "-5", "0", "inf"):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--dataset", "mnist", "--runs-dir", "r",
+                               "--budget-minutes", budget])
+        assert "must be a positive number of minutes" in capsys.readouterr().err
