@@ -9,9 +9,10 @@ which saves the re-executed process from importing everything twice.
 
 import sys
 
-from vae_jax.commands import launch
-from vae_jax.runtime import hugepages
+from vae_jax.runtime import hugepages, interrupts
 
 if __name__ == "__main__":
     hugepages.relaunch_with_huge_pages()
+    interrupts.hold()  # from the first line: Ctrl-C while loading is one line, exit 130
+    from vae_jax.commands import launch
     sys.exit(launch.run_command("vae_jax.commands.train", "train.py"))

@@ -21,7 +21,6 @@ installed distribution's version (pyproject.toml's, its one definition).
 """
 
 import importlib
-import importlib.metadata
 
 DISTRIBUTION = "vae-jax"
 
@@ -29,6 +28,7 @@ DISTRIBUTION = "vae-jax"
 def installed_version() -> str:
     """The version of the installed vae-jax, from its metadata ("unknown" when the package
     is imported from a folder that was never installed)."""
+    import importlib.metadata  # here, not above: `import vae_jax` stays light
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:

@@ -34,9 +34,13 @@ from typing import Any, Callable, Literal
 from vae_jax import pretrained
 from vae_jax.checkpoints import saved_model
 from vae_jax.checkpoints.config_file import read_config_file
-from vae_jax.commands.launch import program_name, version_line  # noqa: F401 - prog
+from vae_jax.commands.launch import (  # noqa: F401 - the commands' prog
+    program_name,
+    report_interrupted,
+    version_line,
+)
 from vae_jax.model.binarize import BINARIZE_MODES
-from vae_jax.runtime import distributed, hugepages, platforms
+from vae_jax.runtime import distributed, hugepages, interrupts, platforms
 from vae_jax.runtime.errors import NON_NEGATIVE, InputError, Stopped, first_line, is_non_negative
 from vae_jax.training.config import MAX_SEED, flag_name
 
@@ -98,8 +102,10 @@ def run(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], in
     """Parses `argv`, applies `--platform`, runs `body(args)` and returns the exit code
     (`body`'s, or 0), turning known errors into one line on stderr (see the module
     docstring). `before_platform(args)` runs first, for what must precede JAX's start."""
+    if argv is None:  # the process's own command line, not Python's call
+        interrupts.install()
     args = parser.parse_args(argv)
-    if argv is None and _computes(args):  # the process's own command line, not Python's call
+    if argv is None and _computes(args):
         hugepages.relaunch_with_huge_pages()
     previous_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_warning_line, parser.prog)
@@ -127,26 +133,34 @@ def _run_body(parser, body, args, before_platform) -> int:
             platforms.select_platform(
                 args.platform, before_start=lambda: start_distributed(args, parser.prog))
         return body(args) or 0
-    except InputError as error:
-        print(f"{parser.prog}: error: {first_line(error)}", file=sys.stderr)
-        return 2
-    except Stopped as stop:
-        print(f"{parser.prog}: {first_line(stop)}", file=sys.stderr)
-        return stop.exit_code
-    except OSError as error:  # the environment: a full disk, a file that cannot be written
-        where = f": {error.filename}" if getattr(error, "filename", None) else ""
-        print(f"{parser.prog}: error: {error.strerror or first_line(error)}{where}",
-              file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves a checkpoint first)
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupted(parser.prog)
     except Exception as error:
-        if not distributed.is_lost_peer(error):
+        if interrupts.arrived():  # what an interrupted import or callback raised instead
+            return report_interrupted(parser.prog)
+        code = _report_known_error(parser.prog, error)
+        if code is None:
             raise
-        distributed.exit_now(parser.prog, f"another process of the run stopped or was killed "
-                                          f"(a collective failed: {first_line(error)[:160]}); "
-                                          f"stopping this one too")
+        return code
+
+
+def _report_known_error(prog: str, error: Exception) -> int | None:
+    """A known error as one line on stderr, and its exit code; None for any other."""
+    if isinstance(error, InputError):
+        print(f"{prog}: error: {first_line(error)}", file=sys.stderr)
+        return 2
+    if isinstance(error, Stopped):
+        print(f"{prog}: {first_line(error)}", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, OSError):  # the environment: a full disk, an unwritable file
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"{prog}: error: {error.strerror or first_line(error)}{where}", file=sys.stderr)
+        return 2
+    if distributed.is_lost_peer(error):
+        distributed.exit_now(prog, f"another process of the run stopped or was killed "
+                                   f"(a collective failed: {first_line(error)[:160]}); "
+                                   f"stopping this one too")
+    return None
 
 
 def add_platform_flag(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 Each imports its command module only when called, inside a guard: JAX and TensorFlow take
 seconds to load, and a Ctrl-C in those seconds ends the command with one line,
 `PROG: interrupted`, and exit code 130, as a later Ctrl-C does (`vae_jax.commands.cli`), instead of
-a traceback through the import machinery. This module imports only the standard library.
+a traceback through the import machinery, wherever it lands (`vae_jax.runtime.interrupts`).
+This module imports only the standard library.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+
+from vae_jax.runtime import interrupts
 
 
 def program_name(default: str) -> str:
@@ -26,12 +29,25 @@ def run_command(module_name: str, default_prog: str) -> int:
     if "--version" in sys.argv[1:]:
         print(version_line(program_name(default_prog)))
         return 0
+    interrupts.hold()  # JAX, jaxlib, numpy: Ctrl-C acted on once they have loaded
     try:
-        main = importlib.import_module(module_name).main
+        try:
+            main = importlib.import_module(module_name).main
+        finally:
+            interrupts.release()  # raises KeyboardInterrupt if Ctrl-C was held
     except KeyboardInterrupt:
-        print(f"{program_name(default_prog)}: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupted(program_name(default_prog))
+    except Exception:
+        if interrupts.arrived():  # an extension's import interrupted: an ImportError, say
+            return report_interrupted(program_name(default_prog))
+        raise
     return main()
+
+
+def report_interrupted(prog: str) -> int:
+    """`PROG: interrupted` on stderr; exit code 130 (128 + SIGINT)."""
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
 
 
 def version_line(prog: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from vae_jax.data import arrays
 from vae_jax.model.vae import IMAGE_SIZE
-from vae_jax.runtime import native_output
+from vae_jax.runtime import interrupts, native_output
 from vae_jax.runtime.errors import DatasetError
 
 IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
@@ -43,7 +43,7 @@ def import_tfds():
     takes seconds to import, and sampling or plotting from saved variables never needs it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        with native_output.filtered():
+        with native_output.filtered(), interrupts.deferred():
             import tensorflow as tf
             import tensorflow_datasets as tfds
             tf.config.set_visible_devices([], "GPU")
