@@ -47,7 +47,8 @@ def test_two_processes_train_resume_and_evaluate_like_one(uninterrupted, tmp_pat
         assert (code0, code1) == (0, 0), err0[-2000:] + err1[-2000:]
         assert "4 devices, 2 processes" in out0 and out1 == ""
         # Only our lines: no "[Gloo] Rank 0 is connected to 1 peer ranks" between them.
-        assert all(line.startswith(("resuming from", "training on", "epoch ", "{"))
+        assert all(line.startswith(("resuming the run in", "training in", "epoch ", "{",
+                                    "wrote ", "next: "))
                    for line in out0.splitlines()), out0
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [(record["epoch"], record["processes"]) for record in records] == [
