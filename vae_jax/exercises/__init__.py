@@ -49,7 +49,8 @@ def check(name: str, fn) -> CheckResult:
     `name` is a ValueError (the exercises are `names()`); anything wrong with `fn`, even an
     exception it raises, is the hint.
     """
-    from vae_jax.exercises.answers import Mistake, first_line
+    from vae_jax.exercises.answers import Mistake
+    from vae_jax.runtime.errors import first_line
     ex = exercise(name)
     if not callable(fn):
         return CheckResult(name, False, f"{ex.signature} should be a function, got "
