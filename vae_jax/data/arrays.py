@@ -106,7 +106,7 @@ def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         if keys[1] not in file.files:
             raise DatasetError(f"split {name!r} of {path} has images but no {keys[1]} array")
         for key in keys:
-            _check_stored_size(path, key)
+            _check_stored_size(file.zip, path, key)
         try:
             images, labels = (file[key] for key in keys)
         except _READ_ERRORS as error:
@@ -118,11 +118,11 @@ def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-def _check_stored_size(path: str, key: str) -> None:
-    """Refuses an array whose header claims more (or fewer) bytes than the archive stores
-    for it, before numpy allocates what the header claims."""
+def _check_stored_size(archive: zipfile.ZipFile, path: str, key: str) -> None:
+    """Refuses an array of `archive` (the open .npz file at `path`) whose header claims more
+    (or fewer) bytes than the archive stores for it, before numpy allocates them."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+        with archive.open(f"{key}.npy") as member:
             version = np.lib.format.read_magic(member)
             read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                            else np.lib.format.read_array_header_2_0)

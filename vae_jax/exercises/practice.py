@@ -17,8 +17,8 @@ import numpy as np
 
 from vae_jax.data import notebook_mode
 from vae_jax.data.input_pipeline import epoch_permutation, load_split
-from vae_jax.evaluation import grids
-from vae_jax.model import objectives
+from vae_jax.evaluation import grids, likelihood
+from vae_jax.model import iwae
 from vae_jax.model.vae import VAE
 from vae_jax.training.config import TrainConfig
 from vae_jax.training.train_state import TrainState, create_train_state, make_optimizer
@@ -77,18 +77,16 @@ def reconstruct(state_or_variables, images: np.ndarray, model: VAE | None = None
 def decoder(model: VAE, variables: dict) -> Callable[[jax.Array], jax.Array]:
     """`decode(z) -> logits` of a trained model in evaluation mode: (N, z_dim) ->
     (N, 28, 28, 1)."""
-    return jax.jit(lambda z: model.apply(variables, z, train=False, method=VAE.decode))
+    return jax.jit(likelihood.decoder_fn(model, variables))
 
 
 def log_weights(model: VAE, variables: dict, images: np.ndarray, key: jax.Array,
                 samples: int) -> jax.Array:
     """The importance log-weights log p(x, z_k) - log q(z_k|x) of each image for K =
-    `samples` draws from its posterior: (K, N)."""
+    `samples` draws from its posterior: (K, N) (`vae_jax.model.iwae`)."""
     mean, stddev = model.apply(variables, images, train=False, method=VAE.encode)
-    eps = jax.random.normal(key, (samples,) + mean.shape)
-    z = mean[None] + stddev[None] * eps
-    logits = decoder(model, variables)(z.reshape(-1, z.shape[-1]))
-    return objectives.log_weights(logits, jnp.asarray(images), z, mean, stddev)
+    return iwae.importance_log_weights(key, jnp.asarray(images), mean, stddev,
+                                       decoder(model, variables), samples)
 
 
 def show(*rows: tuple[str, np.ndarray], columns: int = 16):
