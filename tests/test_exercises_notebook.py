@@ -67,10 +67,14 @@ def _execute(notebook, monkeypatch, tmp_path):
 @pytest.mark.slow(reason="executes the notebook in a kernel")
 def test_left_blank_it_runs_to_the_end_and_every_check_says_not_implemented(
         monkeypatch, tmp_path):
-    text = _text(_execute(nbformat.read(NOTEBOOK, as_version=4), monkeypatch, tmp_path))
+    executed = _execute(nbformat.read(NOTEBOOK, as_version=4), monkeypatch, tmp_path)
+    text = _text(executed)
     for name in exercises.names():
         assert f"✗ {name}: {NOT_IMPLEMENTED}" in text
     assert "Write train_step (and the loss it uses) above first" in text
+    # Nothing on stderr: no tqdm "IProgress not found" where the kernel has no ipywidgets.
+    assert [output.text for cell in executed.cells if cell.cell_type == "code"
+            for output in cell.outputs if output.get("name") == "stderr"] == []
 
 
 @pytest.mark.slow(reason="executes the notebook in a kernel")

@@ -31,7 +31,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from vae_jax.evaluation.elbo import (
     DEFAULT_BATCH_SIZE,
@@ -48,6 +47,7 @@ from vae_jax.evaluation.elbo import (
 from vae_jax.model import iwae, losses, metrics
 from vae_jax.model.vae import VAE, variable_shapes
 from vae_jax.runtime.mesh import DataParallel, host
+from vae_jax.runtime.progress import tqdm
 
 DEFAULT_IWAE_SAMPLES = 5000
 DECODES_PER_CALL = 2000  # default IWAE chunk: about this many decoder images per step

@@ -17,11 +17,11 @@ from typing import Callable, Iterator, Protocol
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from vae_jax.checkpoints.run_checkpoints import RunCheckpoints
 from vae_jax.runtime.errors import NonFiniteLossError, TrainingInterrupted
 from vae_jax.runtime.mesh import any_process, host, to_host
+from vae_jax.runtime.progress import tqdm
 from vae_jax.training import resume
 from vae_jax.training.train_state import TrainState, step_of
 
