@@ -3,7 +3,10 @@ encode/decode compiled once, walks, slider order, the posterior picture, and the
 one-line refusals. tests/test_explore_page.py drives the page itself in Chromium."""
 
 import collections
+import errno
 import functools
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from tests.helpers import REPO_ROOT, ctrl_c_reaches_children, save_untrained, un
 from vae_jax import VAE
 from vae_jax.commands import explore as explore_command
 from vae_jax.evaluation import likelihood, sampling
-from vae_jax.explore import drawing, figures, latent_space
+from vae_jax.explore import address, drawing, figures, inputs, latent_space
 from vae_jax.explore.latent_space import LatentSpace
 from vae_jax.model import losses, metrics
 from vae_jax.runtime.errors import InputError
@@ -262,10 +265,140 @@ def test_the_page_is_served_on_localhost_and_frees_its_port_when_closed(space):
         for element in ("canvas", "posterior-table", "slider-0", "walk-strip", "sample-grid"):
             assert f'"elem_id":"{element}"' in config.replace(" ", "")
         with pytest.raises(InputError, match=f"--port {port} on 127.0.0.1 is in use"):
-            page.check_port_free("127.0.0.1", port)
+            address.check_address("127.0.0.1", port)
     finally:
         site.close(verbose=False)
-    page.check_port_free("127.0.0.1", port)
+    address.check_address("127.0.0.1", port)
+
+
+# --- what the fields accept ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, shown", [
+    (-1, "-1"), (512, "512"), (10**12, "1000000000000"), (1.5, "1.5"), ("abc", "'abc'"),
+    (None, "None"), (True, "True"), (float("nan"), "nan"), (float("inf"), "inf"),
+    (10**400, "1000000000000000000000000000000000000..."), ("\x1b[2J", r"'\x1b[2J'"),
+])
+def test_a_bad_whole_number_is_refused_never_rounded(value, shown):
+    with pytest.raises(InputError) as refused:
+        inputs.whole_number(value, 0, 511, "a test image")
+    assert str(refused.value) == f"a test image is a whole number from 0 to 511, got {shown}"
+
+
+def test_good_whole_numbers_and_latents_pass_as_numbers():
+    assert [inputs.whole_number(value, 0, 511, "x") for value in (0, 511, 7.0)] == [0, 511, 7]
+    assert inputs.latent_values([-4, 0.25, 4.0], ["z3", "z0", "z1"]) == [-4.0, 0.25, 4.0]
+
+
+@pytest.mark.parametrize("values, message", [
+    ([0.0, 4.5], "the z0 slider takes a value from -4 to 4, got 4.5"),
+    ([float("nan"), 0.0], "the z3 slider takes a value from -4 to 4, got nan"),
+    ([0.0, "abc"], "the z0 slider takes a value from -4 to 4, got 'abc'"),
+    ([0.0], "the page has 2 latent sliders, got 1 values"),
+])
+def test_a_bad_latent_is_refused_naming_its_slider(values, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        inputs.latent_values(values, ["z3", "z0"])
+
+
+def api_call(url: str, name: str, data: list) -> tuple[str, object]:
+    """A crafted call of the page's API endpoint `name`: (the event, its data)."""
+    import urllib.request
+    request = urllib.request.Request(f"{url}gradio_api/call/{name}",
+                                     data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{name}/{event_id}", timeout=60) as response:
+        lines = response.read().decode().splitlines()
+    event = [line for line in lines if line.startswith("event: ")][-1].removeprefix("event: ")
+    data = [line for line in lines if line.startswith("data: ")][-1].removeprefix("data: ")
+    return event, json.loads(data)
+
+
+def left_as_they_were(outputs: list) -> bool:
+    """Whether a call's outputs are all gradio's "no change" (the views keep what they show)."""
+    return all(output is None or output.get("__type__") == "update" for output in outputs)
+
+
+def test_crafted_api_calls_change_nothing_and_print_nothing(space, capfd):
+    from vae_jax.explore import page
+    site = page.build_page(space, "untrained")
+    url = page.serve(site, "127.0.0.1", free_port())
+    try:
+        z_dim = space.z_dim
+        for name, data in [("encode_test_image", [-1]), ("encode_test_image", [40]),
+                           ("encode_test_image", [10**12]), ("encode_test_image", [1.5]),
+                           ("encode_test_image", ["abc"]), ("decode", [9.0] + [0.0] * (z_dim - 1)),
+                           ("decode", ["abc"] + [0.0] * (z_dim - 1)), ("sample", ["abc"]),
+                           ("sample", [-5]), ("walk", [0, None]), ("walk", [0.5, 1])]:
+            event, outputs = api_call(url, name, data)
+            assert event == "complete" and left_as_they_were(outputs), (name, data, outputs)
+        for name, data in [("decode", [0.0, 0.0]), ("encode_drawing", ["abc"])]:
+            event, error = api_call(url, name, data)
+            assert event == "error", (name, data)
+            assert error["error"].startswith("the request is not one the page sends: ")
+            assert "\n" not in error["error"]
+        event, outputs = api_call(url, "encode_test_image", [3])  # a good call still answers
+        assert event == "complete" and not left_as_they_were(outputs)
+    finally:
+        site.close(verbose=False)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+# --- where it serves -------------------------------------------------------------------------
+
+
+def test_a_host_this_machine_does_not_know_is_blamed_on_host(monkeypatch):
+    def unknown(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    with pytest.raises(InputError, match=re.escape(
+            "--host 'no-such-host' is not an address or a name this machine knows (Name or "
+            "service not known): use 127.0.0.1 for this machine only")):
+        address.check_address("no-such-host", 7860)
+
+
+def test_an_address_of_another_machine_is_blamed_on_host(monkeypatch):
+    class NotHere(socket.socket):
+        def bind(self, where):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+    monkeypatch.setattr(socket, "socket", NotHere)
+    with pytest.raises(InputError, match=re.escape(
+            "--host 192.0.2.1 is not an address of this machine: use 127.0.0.1")):
+        address.check_address("192.0.2.1", 7860)
+
+
+def test_only_loopback_serves_without_a_warning():
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert address.exposure_warning(host, 7860) is None, host
+    assert address.exposure_warning("0.0.0.0", 7860) == (
+        "--host 0.0.0.0 serves the page on every network interface: other machines that "
+        "reach this one can open it at port 7860")
+    assert "other machines can reach it" in address.exposure_warning("192.0.2.1", 7860)
+    assert address.page_url("::1", 80) == "http://[::1]:80/"
+
+
+def test_a_host_other_than_loopback_is_one_warning_and_the_address_served(tmp_path, capsys,
+                                                                          monkeypatch):
+    served = {}
+
+    def serve(site, host, port):
+        served.update(host=host, port=port)
+        return address.page_url(host, port)
+    from vae_jax.explore import page
+    monkeypatch.setattr(page, "serve", serve)  # no server open to other machines in a test
+    monkeypatch.setattr(explore_command, "wait_for_ctrl_c", lambda: None)
+    port = free_port()
+    workdir = save_untrained(tmp_path / "model")
+    with pytest.warns(UserWarning) as warned:
+        assert explore_command.main(["--workdir", workdir, "--port", str(port), "--host",
+                                     "0.0.0.0", "--data-dir", str(tmp_path / "no-data"),
+                                     "--no-download"]) == 0
+    assert served == {"host": "0.0.0.0", "port": port}
+    assert capsys.readouterr().out.endswith(f"at http://0.0.0.0:{port}/ (Ctrl-C stops)\n")
+    about_host = [str(warning.message) for warning in warned if "--host" in str(warning.message)]
+    assert about_host == [address.exposure_warning("0.0.0.0", port)]
 
 
 # Ctrl-C sent to the process may land on any of its threads (the server's, XLA's); here a

@@ -187,6 +187,39 @@ def test_a_drawing_is_encoded_and_an_empty_canvas_is_a_message(page):
     assert drawn.max() > 200 and (drawn > 100).mean() > 0.02  # a stroke, white on black
 
 
+def test_a_bad_test_image_number_is_one_warning_and_the_views_stay(page, capfd):
+    shown = image_source(page, "input-image")
+    for typed in ("-1", "512", "1000000000000", "1.5"):
+        page.fill("#test-index input", typed)
+        page.click("#encode-test")
+        page.get_by_text(f"a test image is a whole number from 0 to 11, got {typed}").first \
+            .wait_for(timeout=WAIT_MS)
+        assert page.get_by_text("Error", exact=True).count() == 0  # no view marked as failed
+        assert image_source(page, "input-image") == shown  # the views keep what they showed
+    assert page.locator("#input-image img").is_visible()
+    page.fill("#test-index input", "4")  # the field works again after the refusals
+    page.click("#encode-test")
+    wait_for_new_image(page, "input-image", shown)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_crafted_call_from_the_page_changes_nothing(served, page, capfd):
+    """A call the widgets would never send, made from the page's own script (a slider far
+    outside its range): a warning for the caller, the views as they were, a quiet terminal."""
+    _, url = served
+    shown = image_source(page, "decoded")
+    event = page.evaluate(
+        "async ([url, values]) => {"
+        " const call = await (await fetch(url + 'gradio_api/call/decode', {method: 'POST',"
+        "  headers: {'Content-Type': 'application/json'},"
+        "  body: JSON.stringify({data: values})})).json();"
+        " return await (await fetch(url + 'gradio_api/call/decode/' + call.event_id)).text(); }",
+        [url, [1e9] + [0.0] * 31])
+    assert "event: complete" in event and '"__type__": "update"' in event, event
+    assert image_source(page, "decoded") == shown
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_walk_and_sample_views(served, page, capfd):
     space, _ = served
     page.get_by_role("tab", name="Walk").click()
@@ -198,7 +231,7 @@ def test_walk_and_sample_views(served, page, capfd):
     assert np.abs(shown_pixels(page, "walk-strip").astype(int) - expected).max() <= 1
     page.fill("#walk-to input", "12")
     page.click("#walk")
-    page.get_by_text("a test image is a number from 0 to 11, got 12").first.wait_for(
+    page.get_by_text("a test image is a whole number from 0 to 11, got 12").first.wait_for(
         timeout=WAIT_MS)
     assert "Traceback" not in capfd.readouterr().err  # bad input: a message, not a trace
     page.get_by_role("tab", name="Sample").click()

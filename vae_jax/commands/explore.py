@@ -16,6 +16,7 @@ import warnings
 
 from vae_jax.commands import cli
 from vae_jax.data.input_pipeline import DatasetError, load_split
+from vae_jax.explore import address
 from vae_jax.explore.latent_space import LatentSpace
 from vae_jax.runtime.errors import InputError, first_line
 
@@ -73,8 +74,11 @@ def wait_for_ctrl_c(poll_seconds: float = 0.25) -> None:
 
 def command(args: argparse.Namespace) -> None:
     page = import_page()
-    port = args.port or page.DEFAULT_PORT
-    page.check_port_free(args.host, port)  # before the seconds of loading
+    port = args.port or address.DEFAULT_PORT
+    address.check_address(args.host, port)  # before the seconds of loading
+    exposure = address.exposure_warning(args.host, port)
+    if exposure:
+        warnings.warn(exposure)
     model, variables, _ = cli.load_model(args)
     images, note = test_images(args)
     space = LatentSpace(model, variables, images)

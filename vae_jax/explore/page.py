@@ -11,14 +11,13 @@ otherwise.
 from __future__ import annotations
 
 import os
-import socket
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio reads it: no telemetry
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax.explore import drawing, figures  # noqa: E402
+from vae_jax.explore import address, drawing, figures, inputs  # noqa: E402
 from vae_jax.explore.latent_space import (  # noqa: E402
     SLIDER_DECIMALS,
     SLIDER_RANGE,
@@ -31,7 +30,6 @@ from vae_jax.explore.latent_space import (  # noqa: E402
 from vae_jax.runtime.errors import InputError, first_line  # noqa: E402
 from vae_jax.training.config import MAX_SEED  # noqa: E402
 
-DEFAULT_PORT = 7860  # gradio's
 DIGIT_HEIGHT = 200   # pixels on the page for a 28x28 digit
 VISIBLE_SLIDERS = 8  # the most informative latents; the others fold away
 TABLE_HEADERS = ["latent", "mean", "std dev", "KL (nats)", "active"]
@@ -87,6 +85,19 @@ def on_page(handler, outputs: int = 1):
     return run
 
 
+class ExplorerBlocks(gr.Blocks):
+    """gr.Blocks whose malformed requests, the ones gradio's own checks refuse before any view
+    runs (too few values, a drawing that is not one), are one error line for the caller and
+    nothing in the terminal: only a crafted API call sends them."""
+
+    async def preprocess_data(self, *args, **kwargs):
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except Exception as error:
+            raise gr.Error(f"the request is not one the page sends: {first_line(error)}",
+                           print_exception=False) from None
+
+
 class Views:
     """What the page's views compute from their inputs, over `space` and its test images."""
 
@@ -99,9 +110,7 @@ class Views:
     def test_image(self, index) -> np.ndarray:
         if self.count == 0:
             raise InputError(f"no test images were loaded{f' ({self.note})' if self.note else ''}")
-        if index is None or not float(index).is_integer() or not 0 <= index < self.count:
-            raise InputError(f"a test image is a number from 0 to {self.count - 1}, got {index}")
-        return self.images[int(index)]
+        return self.images[inputs.whole_number(index, 0, self.count - 1, "a test image")]
 
     def encoded(self, image: np.ndarray) -> list:
         """The encode view's outputs for `image`: the input, its reconstruction (also the
@@ -115,6 +124,7 @@ class Views:
                 + slider_values(posterior.mean, self.order))
 
     def decoded(self, *values) -> np.ndarray:
+        values = inputs.latent_values(values, [f"z{dimension}" for dimension in self.order])
         return figures.enlarge(self.space.decode(latent_from_sliders(values, self.order)[None])[0])
 
     def back_to_means(self, mean) -> list:
@@ -126,15 +136,13 @@ class Views:
         return figures.strip(self.space.walk(self.test_image(start), self.test_image(end)))
 
     def samples(self, value) -> np.ndarray:
-        if value is None or not float(value).is_integer() or not 0 <= value <= MAX_SEED:
-            raise InputError(f"a seed is a whole number from 0 to {MAX_SEED}, got {value}")
-        return figures.grid(self.space.samples(int(value)))
+        return figures.grid(self.space.samples(inputs.whole_number(value, 0, MAX_SEED, "a seed")))
 
 
 def build_page(space: LatentSpace, run_name: str, note: str | None = None) -> gr.Blocks:
     """The page for `space`; `run_name` heads it, `note` says why there are no test images."""
     views = Views(space, note)
-    with gr.Blocks(title=f"vae-jax explorer: {run_name}", analytics_enabled=False) as page:
+    with ExplorerBlocks(title=f"vae-jax explorer: {run_name}", analytics_enabled=False) as page:
         gr.Markdown(INTRO.format(run=run_name, z_dim=space.z_dim,
                                  use=use_summary(space, note)))
         with gr.Tab("Encode and decode"):
@@ -163,9 +171,8 @@ def _encode_and_decode_tab(views: Views) -> list:
             encode_drawing = gr.Button("Encode the drawing", variant="primary",
                                        elem_id="encode-drawing")
             with gr.Row():
-                index = gr.Number(0, label=f"or a test image (0 to {max(count - 1, 0)})",
-                                  precision=0, minimum=0, maximum=max(count - 1, 0),
-                                  interactive=count > 0, elem_id="test-index")
+                index = _whole_number_field(0, f"or a test image (0 to {max(count - 1, 0)})",
+                                            "test-index", interactive=count > 0)
                 encode_test = gr.Button("Encode the test image", interactive=count > 0,
                                         elem_id="encode-test")
         with gr.Column(scale=4):
@@ -194,15 +201,17 @@ def _encode_and_decode_tab(views: Views) -> list:
 
     encoded = [seen, reconstruction, decoded, plot, table, posterior_mean, *sliders]
     encode_drawing.click(on_page(lambda value: views.encoded(drawing.drawing_to_image(value)),
-                                 len(encoded)), canvas, encoded)
-    encode_test.click(on_page(lambda i: views.encoded(views.test_image(i)), len(encoded)),
-                      index, encoded)
-    index.submit(on_page(lambda i: views.encoded(views.test_image(i)), len(encoded)), index,
-                 encoded)
-    for slider in sliders:
+                                 len(encoded)), canvas, encoded, api_name="encode_drawing")
+    encode_index = on_page(lambda i: views.encoded(views.test_image(i)), len(encoded))
+    encode_test.click(encode_index, index, encoded, preprocess=False, api_name="encode_test_image")
+    index.submit(encode_index, index, encoded, preprocess=False, api_visibility="private")
+    for position, slider in enumerate(sliders):  # the API shows one "decode"
         slider.input(on_page(views.decoded), sliders, decoded, trigger_mode="always_last",
-                     show_progress="hidden")
-    reset.click(views.back_to_means, posterior_mean, [decoded, *sliders])
+                     show_progress="hidden", preprocess=False,
+                     api_name="decode" if position == 0 else None,
+                     api_visibility="public" if position == 0 else "private")
+    reset.click(views.back_to_means, posterior_mean, [decoded, *sliders],
+                api_visibility="private")
     return encoded
 
 
@@ -211,11 +220,12 @@ def _walk_tab(views: Views) -> None:
     gr.Markdown(f"The decoder along the straight line in z from one test image's posterior "
                 f"mean to another's, in {WALK_STEPS} steps.")
     with gr.Row():
-        walk_from = gr.Number(0, label="from test image", precision=0, elem_id="walk-from")
-        walk_to = gr.Number(1, label="to test image", precision=0, elem_id="walk-to")
+        walk_from = _whole_number_field(0, "from test image", "walk-from")
+        walk_to = _whole_number_field(1, "to test image", "walk-to")
         walk_button = gr.Button("Walk", variant="primary", elem_id="walk")
     walk_strip = _picture("The walk", "walk-strip")
-    walk_button.click(on_page(views.walk), [walk_from, walk_to], walk_strip)
+    walk_button.click(on_page(views.walk), [walk_from, walk_to], walk_strip, preprocess=False,
+                      api_name="walk")
 
 
 def _sample_tab(views: Views) -> gr.Image:
@@ -223,11 +233,21 @@ def _sample_tab(views: Views) -> gr.Image:
     gr.Markdown("z ~ N(0, I) decoded: what the model makes up. The same seed gives the same "
                 "grid as `vae-jax-sample --num 64 --seed SEED`.")
     with gr.Row():
-        seed = gr.Number(0, label=f"seed (0 to {MAX_SEED})", precision=0, elem_id="seed")
+        seed = _whole_number_field(0, f"seed (0 to {MAX_SEED})", "seed")
         sample_button = gr.Button("Sample", variant="primary", elem_id="sample")
     sample_grid = _picture("64 samples from the prior", "sample-grid")
-    sample_button.click(on_page(views.samples), seed, sample_grid)
+    sample_button.click(on_page(views.samples), seed, sample_grid, preprocess=False,
+                        api_name="sample")
     return sample_grid
+
+
+def _whole_number_field(value: int, label: str, element_id: str,
+                        interactive: bool = True) -> gr.Number:
+    """A field for a whole number. No bounds and no rounding: its events pass the value on as
+    typed (`preprocess=False`) and the view refuses a bad one with the page's warning, where
+    gradio's own checks would mark every output as failed and print a traceback."""
+    return gr.Number(value, label=label, precision=None, step=1, interactive=interactive,
+                     elem_id=element_id)
 
 
 def _picture(label: str, element_id: str, height: int | None = None) -> gr.Image:
@@ -247,27 +267,14 @@ def _slider(space: LatentSpace, position: int, dimension: int) -> gr.Slider:
                      min_width=140, buttons=[])
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raises InputError (one line) when `port` on `host` cannot be bound as the server binds
-    it (SO_REUSEADDR: a server listening there refuses, a closed one's leftovers do not)."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as error:
-        reason = "is in use" if error.errno in (98, 48) else f"cannot be used ({error.strerror})"
-        raise InputError(f"--port {port} on {host} {reason}: choose another with --port") \
-            from None
-
-
 def serve(page: gr.Blocks, host: str, port: int) -> str:
     """Starts serving `page` on host:port in the background; returns its address."""
-    check_port_free(host, port)
+    address.check_address(host, port)
     try:
-        _, url, _ = page.launch(server_name=host, server_port=port, prevent_thread_lock=True,
-                                share=False, inbrowser=False, quiet=True, ssr_mode=False,
-                                show_error=False, enable_monitoring=False, mcp_server=False,
-                                footer_links=[], pwa=False, theme=THEME)
+        page.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
+                    inbrowser=False, quiet=True, ssr_mode=False, show_error=False,
+                    enable_monitoring=False, mcp_server=False, footer_links=[], pwa=False,
+                    theme=THEME)
     except OSError as error:  # the port was taken between the check and the start
         raise InputError(f"--port {port} on {host}: {first_line(error)}") from None
-    return url
+    return address.page_url(host, port)
