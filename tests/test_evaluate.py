@@ -113,13 +113,22 @@ def test_missing_workdir_and_variables_exit_2_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "no saved variables" in err[0]
 
 
-def test_variables_that_do_not_fit_the_config_exit_2(saved_model, tmp_path, capsys):
+@pytest.mark.parametrize("config, named", [
+    ({"z_dim": 8, "im_chan": 1}, "z_dim=8"),
+    # A width whose model JAX could not even trace: refused before any model is built, so no
+    # JAX dtype warning comes first.
+    ({"z_dim": 32, "im_chan": 1, "hidden_dim": 10**10}, "hidden_dim=10000000000"),
+])
+def test_variables_that_do_not_fit_the_config_exit_2(saved_model, tmp_path, capsys, recwarn,
+                                                     config, named):
     workdir = tmp_path / "mismatch"
     shutil.copytree(saved_model, workdir)
-    (workdir / "config.json").write_text(json.dumps({"z_dim": 8, "im_chan": 1}))
+    (workdir / "config.json").write_text(json.dumps(config))
     assert evaluate_command.main(["--workdir", str(workdir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "do not fit a VAE with z_dim=8" in err[0]
+    assert len(err) == 1 and f"do not fit a VAE with z_dim={config['z_dim']}" in err[0]
+    assert named in err[0]
+    assert [str(warning.message) for warning in recwarn] == []
 
 
 def test_binarize_defaults_to_what_the_run_trained_with(tmp_path, capsys):

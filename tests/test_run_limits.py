@@ -82,3 +82,15 @@ def test_the_command_refuses_before_anything_is_written(tmp_path, capsys):
                           "epochs of 3 steps")
     assert err.count("\n") == 1
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_a_model_too_big_for_memory_names_both_width_flags(monkeypatch):
+    from vae_jax import VAE
+    from vae_jax.runtime import platforms
+    from vae_jax.training import loop
+    monkeypatch.setattr(platforms, "memory_bytes", lambda: MEMORY)
+    config = TrainConfig(hidden_dim=10_000)
+    with pytest.raises(InputError) as refused:
+        loop.check_fits_in_memory(VAE(**config.model_config()), config)
+    assert str(refused.value).startswith("--z-dim 32 --hidden-dim 10000: the model has ")
+    loop.check_fits_in_memory(VAE(), TrainConfig())  # the course's fits

@@ -148,11 +148,25 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
         if not is_positive_int(config[key]):
             raise CheckpointError(f"{os.path.join(workdir, CONFIG_FILE)} is damaged: {key} "
                                   f"must be a positive integer, got {config[key]!r}")
-    model = VAE(z_dim=config["z_dim"], im_chan=config["im_chan"],
-                hidden_dim=config["hidden_dim"])
+    sizes = {key: config[key] for key in ("z_dim", "im_chan", "hidden_dim")}
+    mismatch = CheckpointError(f"the variables in {workdir} do not fit a VAE with "
+                               f"{', '.join(f'{key}={value}' for key, value in sizes.items())} "
+                               f"(config.json)")
+    if _sizes_of(variables) != sizes:  # read off the kernels: no model of absurd size is built
+        raise mismatch
+    model = VAE(**sizes)
     shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731
     if shapes(variable_shapes(model)) != shapes(variables):
-        raise CheckpointError(f"the variables in {workdir} do not fit a VAE with z_dim="
-                              f"{model.z_dim}, im_chan={model.im_chan}, hidden_dim="
-                              f"{model.hidden_dim} (config.json)")
+        raise mismatch
     return model, variables, config
+
+
+def _sizes_of(variables: dict) -> dict | None:
+    """z_dim, im_chan and hidden_dim as the kernels' shapes give them (None when the tree is
+    not the course VAE's)."""
+    try:
+        conv1 = variables["params"]["encoder"]["conv1"]["kernel"].shape   # (4, 4, C, h)
+        deconv1 = variables["params"]["decoder"]["deconv1"]["kernel"].shape  # (3, 3, z, 16h)
+        return {"z_dim": int(deconv1[2]), "im_chan": int(conv1[2]), "hidden_dim": int(conv1[3])}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None

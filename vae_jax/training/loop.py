@@ -108,9 +108,10 @@ def check_fits_in_memory(model: VAE, config: TrainConfig) -> None:
                 for leaf in jax.tree.leaves(variable_shapes(model)["params"]))
     needed, available = 4 * 4 * count, platforms.memory_bytes()
     if available and needed > available:
-        raise InputError(f"--z-dim {config.z_dim}: the model has {count:,} parameters, which "
-                         f"with their gradients and Adam's state need {needed / 2**30:,.0f} "
-                         f"GiB, more than the {available / 2**30:,.0f} GiB of memory here")
+        raise InputError(f"--z-dim {config.z_dim} --hidden-dim {config.hidden_dim}: the model "
+                         f"has {count:,} parameters, which with their gradients and Adam's "
+                         f"state need {needed / 2**30:,.0f} GiB, more than the "
+                         f"{available / 2**30:,.0f} GiB of memory here")
 
 
 class EpochRunner:
