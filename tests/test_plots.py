@@ -1,6 +1,7 @@
 """`python -m vae_jax.commands.plots`: the four pictures, and the helpers behind them."""
 
 import json
+import os
 
 import chex
 import numpy as np
@@ -124,3 +125,21 @@ def test_pairs_are_of_the_chosen_digits_and_distinct_images():
     assert [(labels[a], labels[b]) for a, b in pairs[:5]] == list(plots.DIGIT_PAIRS[:5])
     flat = [index for pair in pairs for index in pair]
     assert len(set(flat)) == len(flat)
+
+
+@pytest.mark.parametrize("command", ["plots", "sample"])
+def test_pretrained_in_a_folder_it_cannot_write_names_the_folder_not_workdir(
+        tmp_path, monkeypatch, capsys, command):
+    from vae_jax.commands import sample as sample_command
+    here = str(tmp_path)
+    monkeypatch.chdir(here)
+    real_access = os.access  # root may write anywhere: the read-only folder is simulated
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: False
+                        if os.path.abspath(path) == here else real_access(path, mode, **kwargs))
+    main = plots_command.main if command == "plots" else sample_command.main
+    assert main(["--pretrained", "course"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        f"error: --pretrained course writes into the current directory, and {here} is not "
+        f"writable: cd to a folder you can write to"), err
+    assert os.listdir(here) == []

@@ -34,6 +34,7 @@ from typing import Any, Callable, Literal
 from vae_jax import pretrained
 from vae_jax.checkpoints import saved_model
 from vae_jax.checkpoints.config_file import read_config_file
+from vae_jax.checkpoints.workdir import require_writable
 from vae_jax.commands.launch import (  # noqa: F401 - the commands' prog
     program_name,
     report_interrupted,
@@ -258,6 +259,18 @@ def output_directory(args: argparse.Namespace) -> str:
     """Where a command writes by default: --workdir, or the current directory for a
     --pretrained model (never into the installed package)."""
     return args.workdir if args.workdir else os.getcwd()
+
+
+def require_output_writable(args: argparse.Namespace) -> None:
+    """Raises InputError naming the right flag when `output_directory(args)` is not writable:
+    --workdir's, or the current directory's that --pretrained writes into."""
+    if args.workdir:
+        require_writable(args.workdir)
+        return
+    here = os.getcwd()
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise InputError(f"--pretrained {args.pretrained} writes into the current directory, "
+                         f"and {here} is not writable: cd to a folder you can write to")
 
 
 def load_model(args: argparse.Namespace):

@@ -29,7 +29,6 @@ import sys
 import jax
 import numpy as np
 
-from vae_jax.checkpoints.workdir import require_writable
 from vae_jax.commands import cli
 from vae_jax.data.input_pipeline import load_split
 from vae_jax.evaluation.plots import make_plots
@@ -47,7 +46,7 @@ def build_parser() -> cli.OneLineParser:
 
 
 def command(args: argparse.Namespace) -> None:
-    require_writable(cli.output_directory(args))
+    cli.require_output_writable(args)
     model, variables, _ = cli.load_model(args)
     cli.apply_run_defaults(args)
     images, labels = load_split(args.dataset, args.split, args.data_dir, download=args.download)

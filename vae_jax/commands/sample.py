@@ -41,6 +41,8 @@ def output_path(args: argparse.Namespace) -> str:
     workdir; samples_seed{SEED}.png inside a directory. Raises InputError when it cannot be
     written."""
     name = f"samples_seed{args.seed}.png"
+    if not args.out:
+        cli.require_output_writable(args)
     out = args.out or os.path.join(cli.output_directory(args), name)
     if os.path.isdir(out):
         out = os.path.join(out, name)
