@@ -4,6 +4,7 @@ written whole or not at all."""
 
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -77,6 +78,20 @@ def test_an_exported_split_reads_back_what_tfds_gives(data_dir, exported, split)
     assert images.dtype == np.float32 and labels.dtype == np.int32
     np.testing.assert_array_equal(images, expected[0])
     np.testing.assert_array_equal(labels, expected[1])
+
+
+@pytest.mark.parametrize("split, message", [
+    ("test[:200%]", "200% is not a share of the split; percentages go from -100% to 100%"),
+    ("test[-101%:]", "-101% is not a share of the split"),
+    ("test[:1000000]", "1000000 is beyond the split's 20 images"),
+    ("test[-21:]", "-21 is beyond the split's 20 images"),
+    (" test ", "cannot parse it"),
+])
+def test_a_split_tfds_refuses_is_refused_here_too(data_dir, exported, split, message):
+    with pytest.raises(DatasetError):
+        input_pipeline.load_split("dummy_mnist", split, data_dir, download=False)
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        input_pipeline.load_split(exported, split)
 
 
 def test_random_images_make_the_round_trip_bit_for_bit(tmp_path):

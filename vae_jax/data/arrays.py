@@ -42,13 +42,14 @@ def load_split(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     arrays file `path`. Raises DatasetError with one line naming the file and what is
     wrong (missing, unreadable, no such split, a bad slice, images of another shape or
     range, labels that do not match)."""
-    match = _SPLIT.fullmatch(split.strip())
+    match = _SPLIT.fullmatch(split)
     if not match:
         raise DatasetError(f"split {split!r} of {path}: cannot parse it (write e.g. 'test', "
                            "'test[:1000]' or 'train[:10%]'; a union like 'train+test' is "
                            "not read from an arrays file)")
     images, labels = _read_split(path, match["name"])
-    chosen = slice(*(_boundary(match[end], len(images)) for end in ("start", "stop")))
+    chosen = slice(*(_boundary(match[end], len(images), split, path)
+                     for end in ("start", "stop")))
     images, labels = images[chosen], labels[chosen]
     if not len(images):
         raise DatasetError(f"split {split!r} of {path} selects no images")
@@ -141,12 +142,20 @@ def _unreadable(path: str, error: Exception) -> DatasetError:
                         f"{' '.join(str(error).split())[:200]}")
 
 
-def _boundary(text: str | None, count: int) -> int | None:
-    """A slice end: an index, or a percentage of `count` rounded to the closest (tfds')."""
+def _boundary(text: str | None, count: int, split: str, path: str) -> int | None:
+    """A slice end: an index, or a percentage of `count` rounded to the closest, within the
+    split as tfds requires (a percentage from -100 to 100, an index up to `count`)."""
     if text is None:
         return None
     if text.endswith("%"):
-        return int(round(int(text[:-1]) * count / 100.0))
+        percent = int(text[:-1])
+        if abs(percent) > 100:
+            raise DatasetError(f"split {split!r} of {path}: {text} is not a share of the "
+                               f"split; percentages go from -100% to 100%")
+        return int(round(percent * count / 100.0))
+    if abs(int(text)) > count:
+        raise DatasetError(f"split {split!r} of {path}: {text} is beyond the split's "
+                           f"{count:,} images")
     return int(text)
 
 
