@@ -318,3 +318,36 @@ def test_train_py_runs_on_an_arrays_file_without_tensorflow(exported, tmp_path):
         capture_output=True, text=True, env=env, timeout=600)
     assert evaluate.returncode == 0, evaluate.stderr[-2000:]
     assert "8 images" in evaluate.stdout, evaluate.stdout
+
+
+def test_out_naming_a_directory_is_refused_before_any_data_is_read(tmp_path, monkeypatch,
+                                                                   capsys):
+    (tmp_path / "x.npz").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(export_data, "load_split", lambda *args, **kwargs: pytest.fail("read"))
+    for flags in (["--out", "x.npz"], ["--out", "x.npz", "--overwrite"]):
+        assert export_data.main(flags) == 2
+        error = capsys.readouterr().err
+        assert error == ("python -m vae_jax.commands.export_data: error: --out x.npz is a "
+                         "directory; give the .npz file to write, e.g. x.npz/mnist.npz\n")
+    assert os.listdir(tmp_path) == ["x.npz"]
+
+
+def test_a_killed_writers_partial_file_is_removed_by_the_next_save(tmp_path):
+    """A SIGKILL leaves `.partial-PID-NAME` behind (no handler runs): the next save of NAME
+    removes it, and leaves a running writer's and other files' alone."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that has exited
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        try:
+            stale = tmp_path / f".partial-{dead_pid}-data.npz"
+            live = tmp_path / f".partial-{running.pid}-data.npz"
+            other = tmp_path / f".partial-{dead_pid}-other.npz"
+            for path in (stale, live, other):
+                path.write_bytes(b"half")
+            arrays.save(str(tmp_path / "data.npz"),
+                        {"test": (np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2))})
+            assert sorted(os.listdir(tmp_path)) == sorted(["data.npz", live.name, other.name])
+        finally:
+            running.kill()

@@ -52,6 +52,9 @@ def split_names(text: str) -> list[str]:
 def check_out(out: str, overwrite: bool) -> None:
     if not arrays.is_arrays_file(out):
         raise InputError(f"--out {out}: give a file ending in {arrays.SUFFIX}")
+    if os.path.isdir(out):
+        raise InputError(f"--out {out} is a directory; give the {arrays.SUFFIX} file to write, "
+                         f"e.g. {os.path.join(out, 'mnist' + arrays.SUFFIX)}")
     if os.path.exists(out) and not overwrite:
         raise InputError(f"--out {out} exists; pass --overwrite to replace it")
     directory = os.path.dirname(os.path.abspath(out))

@@ -28,6 +28,7 @@ from vae_jax.runtime.errors import DatasetError
 SUFFIX = ".npz"
 NPY_MAGIC = b"\x93NUMPY"  # how a single array's .npy file starts
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # damaged or not a .npz
+PARTIAL_PREFIX = ".partial-"  # + the writer's PID + "-" + the file's name, while it is written
 _SPLIT = re.compile(r"(?P<name>[A-Za-z_][\w.-]*)"
                    r"(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
 
@@ -64,8 +65,9 @@ def save(path: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     for name, (images, labels) in splits.items():
         contents[f"{name}_images"] = _to_uint8(np.asarray(images), name)
         contents[f"{name}_labels"] = np.asarray(labels).astype(np.int32)
-    partial = os.path.join(os.path.dirname(os.path.abspath(path)),
-                           f".partial-{os.getpid()}-{os.path.basename(path)}")
+    directory, name = os.path.split(os.path.abspath(path))
+    remove_stale_partials(directory, name)
+    partial = os.path.join(directory, f"{PARTIAL_PREFIX}{os.getpid()}-{name}")
     try:
         with open(partial, "wb") as file:  # the permissions a new file gets here (umask)
             np.savez_compressed(file, **contents)
@@ -74,6 +76,29 @@ def save(path: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if os.path.exists(partial):
             os.unlink(partial)
         raise
+
+
+def remove_stale_partials(directory: str, name: str) -> list[str]:
+    """Deletes the half-written `.partial-PID-name` files in `directory` whose writer is no
+    longer running (killed before it could clean up); returns their paths."""
+    removed = []
+    for entry in os.listdir(directory):
+        pid = entry[len(PARTIAL_PREFIX):-len(name) - 1]
+        if (entry.startswith(PARTIAL_PREFIX) and entry.endswith(f"-{name}") and pid.isdigit()
+                and int(pid) != os.getpid() and not _process_alive(int(pid))):
+            os.unlink(os.path.join(directory, entry))
+            removed.append(os.path.join(directory, entry))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's, or no such pid at all
+        return pid <= 2**22
+    return True
 
 
 def _read_split(path: str, name: str) -> tuple[np.ndarray, np.ndarray]:
