@@ -1,6 +1,7 @@
 """Pooling evaluate results over parts of a split: equal to evaluating the union at once."""
 
 import json
+import warnings
 
 import chex
 import numpy as np
@@ -123,9 +124,18 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("num_images", 0, "'num_images' must be a positive integer, got 0"),
-    ("num_images", -50, "'num_images' must be a positive integer, got -50"),
-    ("num_images", True, "'num_images' must be a positive integer, got True"),
+    ("num_images", 0, "'num_images' must be a positive integer up to 2,147,483,647, got 0"),
+    ("num_images", -50, "'num_images' must be a positive integer up to 2,147,483,647, got -50"),
+    ("num_images", True, "'num_images' must be a positive integer up to 2,147,483,647, got True"),
+    ("num_images", 10**30, "'num_images' must be a positive integer up to 2,147,483,647"),
+    ("num_images", 10**400, "'num_images' must be a positive integer up to 2,147,483,647"),
+    ("iwae_samples", "abc", "'iwae_samples' must be a positive integer up to 2,147,483,647"),
+    ("iwae_samples", None, "'iwae_samples' must be a positive integer up to 2,147,483,647"),
+    ("iwae_samples", 0, "'iwae_samples' must be a positive integer up to 2,147,483,647, got 0"),
+    ("iwae_samples", -5, "'iwae_samples' must be a positive integer up to 2,147,483,647"),
+    ("iwae_samples", 2.5, "'iwae_samples' must be a positive integer up to 2,147,483,647"),
+    ("pretrained", "course\x1b[2J", "'pretrained' must be printable text, got 'course\\x1b[2J'"),
+    ("workdir", "/tmp/\x07run", "'workdir' must be printable text"),
     ("neg_elbo", "95.1", "'neg_elbo' must be a finite number, got '95.1'"),
     ("nll_iwae", None, "'nll_iwae' must be a finite number, got None"),
     ("neg_elbo_stderr", -1.0, "'neg_elbo_stderr' must be a non-negative number or null"),
@@ -135,7 +145,7 @@ def test_command_line_pools_files_and_refuses_bad_ones(parts, tmp_path, capsys):
     ("split", ["test[:10]"], "'split' must be a split such as 'test[:1000]', got ['test[:10]']"),
     ("seconds_iwae", 0, "'seconds_iwae' must be a positive number of seconds, got 0"),
     ("seed", 1.5, "'seed' must be an integer, got 1.5"),
-    ("z_dim", "32", "'z_dim' must be a positive integer, got '32'"),
+    ("z_dim", "32", "'z_dim' must be a positive integer up to 2,147,483,647, got '32'"),
 ])
 def test_a_field_of_the_wrong_type_or_range_is_one_line_naming_file_and_field(
         parts, tmp_path, capsys, field, value, expected):
@@ -158,3 +168,16 @@ def test_a_file_that_is_not_json_text_is_one_line(parts, tmp_path, capsys, conte
         assert pool_command.main([str(good), str(bad)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and f"{bad} is not a JSON text file" in error
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"]])
+def test_values_too_large_to_pool_are_one_line(parts, tmp_path, capsys, flags):
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(parts[0]))
+    paths[1].write_text(json.dumps({**parts[2], "neg_elbo": 1e308}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning would be a second line
+        assert pool_command.main([*map(str, paths), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert "error: the pooled neg_elbo overflows: " in captured.err

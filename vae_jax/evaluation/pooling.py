@@ -28,6 +28,8 @@ MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stder
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
 MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
 MUST_AGREE_WHEN_GIVEN = ("pretrained",)  # a --pretrained name; older results lack it
+TEXTS = ("workdir", "dataset", "binarize", "pretrained", "split")  # printed as they are
+INT32_MAX = 2**31 - 1  # JAX's indices: no evaluation counts more images or samples
 
 
 class PoolingError(InputError):
@@ -69,6 +71,16 @@ def pool(parts: list[dict], names: list[str] | None = None) -> dict:
     if repeated:
         raise PoolingError(f"split {repeated[0]!r} appears more than once")
 
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+        pooled = _pooled(parts)
+    for key, value in pooled.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PoolingError(f"the pooled {key} overflows: the parts' values are too large "
+                               f"to be per-image nats or seconds")
+    return pooled
+
+
+def _pooled(parts: list[dict]) -> dict:
     sizes = np.array([part["num_images"] for part in parts], np.float64)
     pooled = {key: parts[0].get(key) for key in MUST_AGREE + MUST_AGREE_WHEN_GIVEN}
     for mean_key, stderr_key in MEAN_AND_STDERR:
@@ -99,9 +111,9 @@ def check_part(part: dict, name: str) -> None:
     def refuse(key, expected):
         raise PoolingError(f"{name}: {key!r} must be {expected}, got {part[key]!r:.60}")
 
-    for key in ("num_images", "z_dim"):
-        if not is_positive_int(part[key]):
-            refuse(key, "a positive integer")
+    for key in ("num_images", "z_dim", "iwae_samples"):
+        if not is_positive_int(part[key]) or part[key] > INT32_MAX:
+            refuse(key, f"a positive integer up to {INT32_MAX:,}")
     for key in ("neg_elbo", "nll_iwae", "reconstruction", "kl"):
         if not _is_finite(part[key]):
             refuse(key, "a finite number")
@@ -122,6 +134,10 @@ def check_part(part: dict, name: str) -> None:
         refuse("split", "a split such as 'test[:1000]'")
     if not (isinstance(part["seed"], int) and not isinstance(part["seed"], bool)):
         refuse("seed", "an integer")
+    for key in TEXTS:
+        if part.get(key) is not None and not (isinstance(part[key], str)
+                                              and part[key].isprintable()):
+            refuse(key, "printable text")
 
 
 def _is_finite(value) -> bool:
