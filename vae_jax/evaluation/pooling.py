@@ -93,7 +93,8 @@ def _pooled(parts: list[dict]) -> dict:
     seconds_iwae = float(sum(part["seconds_iwae"] for part in parts))
     pooled.update(
         active_units=None,  # not poolable: see the module docstring
-        num_images=int(sizes.sum()), splits=splits, seeds=[part["seed"] for part in parts],
+        num_images=int(sizes.sum()), splits=[part["split"] for part in parts],
+        seeds=[part["seed"] for part in parts],
         seconds_iwae=seconds_iwae,
         iwae_decodes_per_sec=float(sizes.sum() * pooled["iwae_samples"] / seconds_iwae),
         seconds=float(sum(part["seconds"] for part in parts)))
