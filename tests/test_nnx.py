@@ -163,6 +163,43 @@ def test_from_linen_refuses_variables_of_another_shape():
         vae_nnx.from_linen(untrained_variables() | {"batch_stats": variables["batch_stats"]})
 
 
+@pytest.mark.parametrize("variables, missing", [
+    ({"params": {}}, "batch_stats"), ({"batch_stats": {}}, "params"),
+    ({}, "params or batch_stats"), (None, "params or batch_stats"),
+])
+def test_from_linen_without_params_or_batch_stats_names_what_is_missing(variables, missing):
+    with pytest.raises(ValueError, match=f"the variables have no {missing}: give the linen "):
+        vae_nnx.from_linen(variables)
+
+
+def test_a_step_refuses_a_model_in_eval_mode_and_an_empty_batch(linen_state):
+    state, _ = linen_state
+    model = vae_nnx.from_linen({"params": state.params, "batch_stats": state.batch_stats})
+    optimizer = vae_nnx.make_optimizer(model)
+    images = jnp.full((2, 28, 28, 1), 0.5)
+    before = nnx.state(model)
+    model.eval()
+    with pytest.raises(ValueError, match="the model is in evaluation mode: .* call model.train()"):
+        vae_nnx.train_step(model, optimizer, images, jax.random.key(0))
+    model.train()
+    with pytest.raises(ValueError, match=r"with B >= 1, got shape \(0, 28, 28, 1\)"):
+        vae_nnx.train_step(model, optimizer, images[:0], jax.random.key(0))
+    chex.assert_trees_all_equal(nnx.state(model), before)  # nothing was trained
+    assert int(optimizer.step.value) == 0
+    vae_nnx.train_step(model, optimizer, images, jax.random.key(0))  # in train mode it trains
+    assert int(optimizer.step.value) == 1
+
+
+@pytest.mark.parametrize("learning_rate", [-1.0, 0.0, float("nan"), float("inf")])
+def test_a_learning_rate_that_cannot_train_is_refused(learning_rate):
+    model = vae_nnx.VAE(rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="the learning rate must be a positive finite number"):
+        vae_nnx.make_optimizer(model, learning_rate)
+    with pytest.raises(ValueError, match="the learning rate must be a positive finite number"):
+        train_state.make_optimizer(learning_rate)
+    train_state.make_optimizer(lambda step: -1.0)  # a schedule is the caller's
+
+
 def test_a_checkpoint_loads_into_nnx_and_an_nnx_model_saves_for_evaluate(tmp_path, capsys):
     """save_variables(to_linen(model)) is a directory that load_model and vae-jax-evaluate
     read; load_variables of it gives the NNX model back."""

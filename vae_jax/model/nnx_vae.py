@@ -172,6 +172,12 @@ def from_linen(variables: dict, *, z_dim: int | None = None, im_chan: int | None
     """An NNX `VAE` holding the linen `variables` ({"params", "batch_stats"}, e.g. from
     `vae_jax.load_variables`): the same weights and BatchNorm statistics, in training mode.
     `z_dim` and `im_chan` default to what the kernels' shapes say."""
+    missing = [name for name in ("params", "batch_stats")
+               if not isinstance(variables, dict) or name not in variables]
+    if missing:
+        raise ValueError(f"the variables have no {' or '.join(missing)}: give the linen "
+                         f"{{'params': ..., 'batch_stats': ...}} that vae_jax.load_variables "
+                         f"returns, not a part of it")
     params = variables["params"]
     z_dim = z_dim or int(_entry(params, "decoder", "deconv1", "kernel").shape[2])
     im_chan = im_chan or int(_entry(params, "encoder", "conv1", "kernel").shape[2])

@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from vae_jax.model import losses
-from vae_jax.model.nnx_vae import VAE
+from vae_jax.model.nnx_vae import VAE, BatchNorm
 from vae_jax.training import train_state
 from vae_jax.training.steps import COURSE_KL_WEIGHT
 
@@ -32,6 +32,7 @@ def take_step(model: VAE, optimizer: nnx.Optimizer, images: jax.Array, key: jax.
     `kl`, before the update; the minimised loss weighs KL by `kl_weight(step)`. The model
     must be in training mode (`model.train()`, as a new model is).
     """
+    check_trainable(model, images)
     key, sample_key = jax.random.split(key)
 
     def loss_fn(model):
@@ -41,6 +42,19 @@ def take_step(model: VAE, optimizer: nnx.Optimizer, images: jax.Array, key: jax.
     grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     return metrics, key
+
+
+def check_trainable(model: VAE, images: jax.Array) -> None:
+    """Raises ValueError unless `model` is in training mode and `images` is a batch of at
+    least one image (B, H, W, C). Both are known while tracing: a jitted step checks once."""
+    if any(module.use_running_average for _, module in nnx.iter_graph(model)
+           if isinstance(module, BatchNorm)):
+        raise ValueError("the model is in evaluation mode: its BatchNorm layers would use "
+                         "their running statistics and never update them; call model.train() "
+                         "before training (model.eval() again to evaluate)")
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a batch (B, 28, 28, C) with B >= 1, got shape "
+                         f"{images.shape}")
 
 
 train_step = nnx.jit(take_step, static_argnames="kl_weight")  # `take_step`, compiled

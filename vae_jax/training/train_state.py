@@ -9,6 +9,7 @@ and the key of the pictures drawn after each epoch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -54,7 +55,12 @@ def step_of(state: TrainState) -> int:
 
 def make_optimizer(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
     """Adam with PyTorch's (and optax's) defaults: betas 0.9/0.999, eps 1e-8; the learning
-    rate a number or a schedule (`vae_jax.training.schedules`)."""
+    rate a positive number or a schedule (`vae_jax.training.schedules`)."""
+    if not callable(learning_rate):
+        rate = float(learning_rate)
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"the learning rate must be a positive finite number (the course "
+                             f"uses 2e-3) or a schedule, got {learning_rate}")
     return optax.adam(learning_rate)
 
 
