@@ -31,9 +31,9 @@ def report(implementation: str, golden: dict) -> str:
     variables = from_torch_state_dict(state_dict)
     runner = parity.get_runner(implementation)
     evaluated = runner.evaluate(variables, golden["images"], golden["eps"])
-    params, _, (*trained, loss, batch_stats, _) = runner.train_step(
-        variables["params"], variables["batch_stats"], runner.optimizer.init(variables["params"]),
-        golden["images"], golden["eps"])
+    state, (*trained, loss, _) = runner.train_step(runner.new_state(variables),
+                                                   golden["images"], golden["eps"])
+    params, batch_stats = state.params, state.batch_stats
 
     def outputs(values, mode):
         return max(np.abs(np.asarray(value) - golden[f"{mode}/{name}"]).max()

@@ -17,7 +17,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from vae_jax import VAE
@@ -26,8 +25,13 @@ from vae_jax.interop.torch_port import LAYERS, from_torch_state_dict, to_torch_s
 from vae_jax.kernels import convolutions
 from vae_jax.model.losses import vae_loss
 from vae_jax.model.vae import variable_shapes
+from vae_jax.training import steps, train_state
+from vae_jax.training.config import TrainConfig
+from vae_jax.training.schedules import COURSE_KL_WEIGHT
+from vae_jax.training.train_state import TrainState
 
 GOLDEN = Path(__file__).parent / "data" / "torch_golden.npz"
+ADAM_GOLDEN = Path(__file__).parent / "data" / "torch_adam_golden.npz"
 LR = 2e-3
 OUTPUT_ATOL = 1e-5   # mean, stddev, reconstruction probabilities, running statistics
 LOSS_RTOL = 1e-4     # one batch loss
@@ -67,11 +71,13 @@ def _sample_and_decode(module, images, eps, *, train):
 
 
 class Runner:
-    """Jitted evaluation and training step of `VAE(implementation=...)`, shared by the tests."""
+    """Jitted evaluation of `VAE(implementation=...)`, and the library's own training step on
+    it: `steps.train_step` with `train_state.make_optimizer`'s Adam and
+    `TrainState.apply_gradients`, as `train.py` runs it, with one change: z is drawn from
+    PyTorch's noise `eps` instead of the state's key."""
 
     def __init__(self, implementation: str):
         self.model = VAE(implementation=implementation)
-        self.optimizer = optax.adam(LR)
         self.evaluate = jax.jit(self._evaluate)
         self.train_step = jax.jit(self._train_step)
 
@@ -81,32 +87,39 @@ class Runner:
             variables, images, eps, train=False, method=_sample_and_decode)
         return jax.nn.sigmoid(logits), mean, stddev, vae_loss(logits, images, mean, stddev)[0]
 
-    def _loss(self, params, batch_stats, images, eps):
-        (logits, mean, stddev), updates = self.model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, eps, train=True,
-            method=_sample_and_decode, mutable=["batch_stats"])
-        loss, _ = vae_loss(logits, images, mean, stddev)
-        return loss, (jax.nn.sigmoid(logits), mean, stddev, updates["batch_stats"])
+    def new_state(self, variables) -> TrainState:
+        """A training state from `variables` as a run makes one: the library's optimizer at
+        the course's learning rate, fresh, at step 0."""
+        return TrainState.create(apply_fn=self.model.apply, params=variables["params"],
+                                 batch_stats=variables["batch_stats"],
+                                 tx=train_state.make_optimizer(TrainConfig().learning_rate),
+                                 key=jax.random.key(0))
 
-    def _train_step(self, params, batch_stats, opt_state, images, eps):
-        """One step of the course's training loop, from train-mode outputs to the Adam update.
+    def _apply_with_noise(self, variables, images, key, *, eps, **kwargs):
+        """`VAE.apply` as the step calls it, with z = mean + stddev * eps (PyTorch's noise)
+        where the model would draw eps from `key`."""
+        return self.model.apply(variables, images, eps, method=_sample_and_decode, **kwargs)
 
-        Returns (params, opt_state, (probabilities, mean, stddev, loss, batch_stats, grads)).
+    def _train_step(self, state, images, eps):
+        """One step of the library's training loop on `images` with noise `eps`.
+
+        Returns (the new state, (probabilities, mean, stddev, loss, grads)): the train-mode
+        outputs before the update, the course's summed loss, and the step's gradients.
         """
-        (loss, (probabilities, mean, stddev, batch_stats)), grads = jax.value_and_grad(
-            self._loss, has_aux=True)(params, batch_stats, images, eps)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state,
-                (probabilities, mean, stddev, loss, batch_stats, grads))
+        noisy = state.replace(apply_fn=functools.partial(self._apply_with_noise, eps=eps))
+        new_state, metrics = steps.train_step(noisy, images)
+        grads, _, _ = steps.elbo_gradients(noisy, images, state.key, COURSE_KL_WEIGHT)
+        (logits, mean, stddev), _ = self._apply_with_noise(
+            state.variables, images, None, eps=eps, train=True, mutable=["batch_stats"])
+        loss = metrics["loss"] * images.shape[0]  # the batch mean, as the course sums it
+        return (new_state.replace(apply_fn=self.model.apply),
+                (jax.nn.sigmoid(logits), mean, stddev, loss, grads))
 
     def run_curve(self, variables, all_images, all_eps) -> np.ndarray:
-        """Losses of len(all_images) training steps from `variables` with a fresh Adam."""
-        params, batch_stats = variables["params"], variables["batch_stats"]
-        opt_state = self.optimizer.init(params)
-        losses = []
+        """Losses of len(all_images) library training steps from `variables`."""
+        state, losses = self.new_state(variables), []
         for images, eps in zip(all_images, all_eps):
-            params, opt_state, (_, _, _, loss, batch_stats, _) = self.train_step(
-                params, batch_stats, opt_state, images, eps)
+            state, (_, _, _, loss, _) = self.train_step(state, images, eps)
             losses.append(loss)
         return np.asarray(jnp.stack(losses))
 
@@ -123,11 +136,11 @@ def runner(request) -> Runner:
 
 @pytest.fixture(scope="module")
 def one_step(runner, variables, golden) -> dict:
-    """One training step from the imported weights on the golden batch, with a fresh Adam."""
-    params, _, (probabilities, mean, stddev, loss, batch_stats, grads) = runner.train_step(
-        variables["params"], variables["batch_stats"],
-        runner.optimizer.init(variables["params"]), golden["images"], golden["eps"])
-    return {"params": params, "batch_stats": batch_stats, "grads": grads,
+    """One library training step from the imported weights on the golden batch."""
+    state, (probabilities, mean, stddev, loss, grads) = runner.train_step(
+        runner.new_state(variables), golden["images"], golden["eps"])
+    assert int(state.step) == 1
+    return {"params": state.params, "batch_stats": state.batch_stats, "grads": grads,
             "outputs": (probabilities, mean, stddev, loss)}
 
 
@@ -303,7 +316,7 @@ def test_running_var_uses_unbiased_batch_variance(one_step, variables, golden):
 
 
 def test_one_adam_step_matches_pytorch_adam(one_step, state_dict, golden):
-    # optax.adam(2e-3) is torch.optim.Adam(lr=0.002): betas (0.9, 0.999), eps 1e-8. The
+    # make_optimizer(2e-3) is torch.optim.Adam(lr=0.002): betas (0.9, 0.999), eps 1e-8. The
     # first step moves each parameter by -lr * g / (|g| + eps), whose slope in g,
     # lr * eps / (|g| + eps)^2, magnifies float32 gradient rounding where |g| is tiny: the
     # few elements with |g| < TINY_GRAD (14 of 715,041 here, read off PyTorch's own step) are
@@ -320,6 +333,27 @@ def test_one_adam_step_matches_pytorch_adam(one_step, state_dict, golden):
     chex.assert_trees_all_close({k: a for k, (a, _) in checked.items()},
                                 {k: b for k, (_, b) in checked.items()}, atol=PARAM_ATOL, rtol=0)
     assert all(np.all(v <= LR * (1 + 1e-6)) for v in loose.values())
+
+
+def test_the_librarys_optimizer_is_pytorchs_adam_step_after_step():
+    """make_optimizer's updates through TrainState.apply_gradients, fed the gradients that
+    torch.optim.Adam(lr=0.002) was fed (scripts/make_adam_golden.py): 30 steps of changing
+    scale, where other betas, another eps, weight decay (adamw) or clipping end elsewhere."""
+    with np.load(ADAM_GOLDEN) as golden:
+        initial, gradients, expected = golden["initial"], golden["gradients"], golden["params"]
+    state = TrainState.create(apply_fn=None, params={"w": jnp.asarray(initial, jnp.float32)},
+                              tx=train_state.make_optimizer(TrainConfig().learning_rate),
+                              batch_stats={}, key=jax.random.key(0))
+    apply = jax.jit(lambda state, grads: state.apply_gradients(grads=grads))
+    params = []
+    for gradient in gradients:
+        state = apply(state, {"w": jnp.asarray(gradient, jnp.float32)})
+        params.append(state.params["w"])
+    assert int(state.step) == len(gradients)
+    tolerance = 2e-6  # float32 rounding of parameters of size ~3, over 30 steps
+    assert np.abs(expected[-1] - initial).min() > 100 * tolerance  # each one moved
+    chex.assert_trees_all_close(np.stack(params), expected.astype(np.float32),
+                                atol=tolerance, rtol=0)
 
 
 def test_conv_biases_before_batchnorm_get_zero_gradient_and_adam_moves_them_by_noise(
