@@ -85,8 +85,12 @@ def test_the_iwae_loss_is_minus_the_bound_computed_directly(make_state, images):
         method=steps.sample_and_decode)
     loss = objectives.iwae_loss(objectives.log_weights(logits2, images, z2, mean2, stddev2))
     chex.assert_trees_all_close(loss, expected, rtol=1e-5)
-    assert np.all(loss <= np.asarray(losses.reconstruction_loss(
-        logits2[:BATCH], images) + losses.kl_divergence(mean2, stddev2)) + 50)
+    # -log mean_k w_k lies between -max_k log w_k and -mean_k log w_k (Jensen), exactly.
+    log_weights = np.asarray(objectives.log_weights(logits2, images, z2, mean2, stddev2),
+                             np.float64)
+    assert np.all(loss <= -log_weights.mean(axis=0) + 1e-3)
+    assert np.all(loss >= -log_weights.max(axis=0) - 1e-3)
+    assert np.all(-log_weights.mean(axis=0) - loss > 0.01)  # the bounds are not all one
 
 
 def toy_log_weights(params, x, eps, stop_posterior):
@@ -139,6 +143,28 @@ def test_an_importance_weighted_step_is_finite_compiles_once_and_learns(make_sta
     chex.assert_tree_all_finite((state.params, state.batch_stats, metrics))
     chex.assert_shape(list(metrics.values()), ())
     assert int(state.step) == 3 and float(metrics["loss"]) != before
+
+
+OBJECTIVES = [objectives.ELBO, Objective("iwae", 3), Objective("dreg", 3)]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=["elbo", "iwae", "dreg"])
+def test_the_step_follows_its_own_objectives_gradient(make_state, images, objective):
+    """The step's update is the one its objective's gradient gives, and no other objective's
+    (SGD, so an update is -lr x gradient): a step that took the ELBO's gradient whatever it
+    was asked, or IWAE's for DReG, goes red."""
+    state = make_state()
+    _, sample_key = jax.random.split(state.key)  # the part of the key the step samples with
+    updates = {other.name: state.apply_gradients(
+        grads=gradients(state, images, other, key=sample_key)[0]).params for other in OBJECTIVES}
+    stepped, _ = steps.make_train_step(objective=objective)(make_state(), images)
+    tolerance = 1e-6
+    chex.assert_trees_all_close(stepped.params, updates[objective.name], atol=tolerance, rtol=0)
+    for other in OBJECTIVES:
+        if other.name != objective.name:
+            difference = max(np.abs(a - b).max() for a, b in zip(
+                jax.tree.leaves(stepped.params), jax.tree.leaves(updates[other.name])))
+            assert difference > 100 * tolerance, (objective.name, other.name)
 
 
 def test_the_elbo_objective_is_the_course_step(make_state, images):
