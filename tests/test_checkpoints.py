@@ -90,6 +90,38 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_p
     assert losses == expected_losses
 
 
+class Killed(BaseException):
+    """The process dying on the spot, as with SIGKILL: no handler of the run catches it."""
+
+
+def test_resume_from_inside_an_epoch_is_bitwise_identical(uninterrupted, tmp_path,
+                                                          monkeypatch):
+    """The fast tier's twin of the SIGKILL test above, in this process: the run dies right
+    after saving step 4 (inside epoch 2 of 3 steps each), then resumes from there."""
+    workdir = tmp_path / "cut"
+    save = run_checkpoints.RunCheckpoints.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == 4:
+            raise Killed
+
+    monkeypatch.setattr(run_checkpoints.RunCheckpoints, "save", save_then_die)
+    with pytest.raises(Killed):
+        run_in_process(workdir, "--checkpoint-every", "1")
+    monkeypatch.undo()
+    assert max(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()) == 4
+    assert len(open(workdir / "metrics.jsonl").readlines()) == 1  # epoch 2 did not end
+    assert run_in_process(workdir, "--checkpoint-every", "1") == 0
+    expected_step, expected = full_state(uninterrupted)
+    step, resumed = full_state(workdir)
+    assert step == expected_step
+    chex.assert_trees_all_equal(resumed, expected)  # bitwise, every array
+    losses = [json.loads(line)["train_loss"] for line in open(workdir / "metrics.jsonl")]
+    assert losses == [json.loads(line)["train_loss"]
+                      for line in open(uninterrupted / "metrics.jsonl")]
+
+
 @pytest.mark.slow(reason="a training subprocess, signalled")
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signals_save_a_checkpoint_and_exit_with_one_line(tmp_path, signum, code):
