@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.helpers import save_untrained, tiny_config, untrained_variables
+from vae_jax import pretrained
 from vae_jax.checkpoints import run_checkpoints
 from vae_jax.checkpoints.config_file import write_config_file
 from vae_jax.checkpoints.saved_model import training_binarize
@@ -155,3 +156,22 @@ def test_default_chunks_split_k_evenly_within_the_decode_budget(num_samples, bat
     assert chunk * batch_size <= max(likelihood.DECODES_PER_CALL, batch_size)
     chunks = -(-num_samples // chunk)
     assert chunks * chunk - num_samples < chunks  # less than one masked sample per chunk
+
+
+def test_every_number_is_the_same_whatever_the_batch_size():
+    """Each image's draws are keyed by its index in the split, not by its place in a batch
+    (the evaluation guide's promise): 13 images in one batch, in batches of 5 (the last one
+    padded) and with the K samples in chunks, give the same ELBO and IWAE numbers. The
+    shipped course model, whose reconstructions depend on z (an untrained one's hardly do)."""
+    model, variables, _ = pretrained.load("course")
+    images = np.random.default_rng(4).uniform(size=(13, 28, 28, 1)).astype(np.float32)
+    options = dict(seed=3, iwae_samples=4, binarize_mode="dynamic")
+    whole = likelihood.evaluate_model(model, variables, images, batch_size=13, **options)
+    batched = likelihood.evaluate_model(model, variables, images, batch_size=5, chunk_size=2,
+                                        **options)
+    for key in ("neg_elbo", "neg_elbo_stderr", "nll_iwae", "nll_iwae_stderr", "reconstruction",
+                "kl", "kl_per_dim"):
+        np.testing.assert_allclose(batched[key], whole[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    other_seed = likelihood.evaluate_model(model, variables, images, batch_size=13,
+                                           **{**options, "seed": 4})
+    assert abs(other_seed["neg_elbo"] - whole["neg_elbo"]) > 0.1  # the draws matter
