@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import load_repository_module, requires_real_mnist
 from vae_jax import pretrained
 from vae_jax.checkpoints.run_checkpoints import CheckpointError
+from vae_jax.data import arrays
 from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands import sample as sample_command
 from vae_jax.pretrained.fingerprint import fingerprint
@@ -41,6 +42,23 @@ def test_each_model_loads_and_reproduces_its_fingerprint(name):
     size = sum(os.path.getsize(os.path.join(root, file))
                for root, _, files in os.walk(pretrained.path(name)) for file in files)
     assert size < 8 * 2**20  # a few MB each
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_model_gives_its_numbers_on_real_test_digits_shipped_with_the_tests(name):
+    """On every machine: the first 500 MNIST test digits ship in tests/data
+    (scripts/make_test_digits.py). The model gives the numbers recorded for them there, and
+    its card's ELBO on the whole test split lies within four standard errors of a 500-image
+    mean (the card's standard error, scaled from 10,000 images to 500)."""
+    script = load_repository_module("scripts", "make_test_digits.py")
+    images, _ = arrays.load_split(str(script.DIGITS), "test")
+    chex.assert_shape(images, (script.COUNT, 28, 28, 1))
+    got = script.model_numbers(name, images)
+    recorded = json.loads(script.RECORDED.read_text())[name]
+    chex.assert_trees_all_close(got, recorded, atol=1e-2)
+    results = pretrained.card(name)["results"]
+    spread = results["neg_elbo_stderr"] * (results["num_images"] / script.COUNT) ** 0.5
+    assert abs(got["loss"] - results["neg_elbo"]) < 4 * spread, (got, results["neg_elbo"])
 
 
 @requires_real_mnist
