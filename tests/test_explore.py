@@ -422,3 +422,52 @@ def test_ctrl_c_stops_the_explorer_whichever_thread_the_signal_lands_on():
         finished = subprocess.run([sys.executable, "-c", SIGINT_ON_ANOTHER_THREAD],
                                   capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert (finished.returncode, finished.stdout) == (0, "returned\n"), finished.stderr
+
+
+# The page served in a process where every connection off this machine is refused and
+# recorded: gradio's telemetry (api.gradio.app) and its Hugging Face lookups would show.
+OFFLINE_PAGE = """
+import json, os, socket, time, urllib.request
+os.environ.pop("GRADIO_ANALYTICS_ENABLED", None)  # as a user's shell has it
+LOCAL = ("127.0.0.1", "::1", "localhost", "0.0.0.0", None)
+attempts = []
+resolve, connect = socket.getaddrinfo, socket.socket.connect
+
+def recorded_resolve(host, *args, **kwargs):
+    if host not in LOCAL:
+        attempts.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, "offline")
+    return resolve(host, *args, **kwargs)
+
+def recorded_connect(self, address):
+    if isinstance(address, tuple) and address[0] not in LOCAL:
+        attempts.append(str(address[0]))
+        raise OSError("offline")
+    return connect(self, address)
+
+socket.getaddrinfo, socket.socket.connect = recorded_resolve, recorded_connect
+import gradio.analytics
+from tests.helpers import untrained_variables
+from tests.test_explore import digit_images, free_port
+from vae_jax import VAE
+from vae_jax.explore import page
+from vae_jax.explore.latent_space import LatentSpace
+site = page.build_page(LatentSpace(VAE(), untrained_variables(), digit_images(4)), "untrained")
+url = page.serve(site, "127.0.0.1", free_port())
+urllib.request.urlopen(url, timeout=30).read()
+time.sleep(2)  # telemetry goes out from background threads
+site.close(verbose=False)
+print(json.dumps({"attempts": attempts, "gradio_analytics": gradio.analytics.analytics_enabled(),
+                  "page_analytics": site.analytics_enabled}))
+"""
+
+
+def test_the_page_reaches_for_nothing_off_this_machine():
+    """No telemetry: gradio's two switches are off (its environment variable, which the page
+    module sets before gradio reads it, and the page's own `analytics_enabled`), and a page
+    served and opened makes no connection off this machine."""
+    finished = subprocess.run([sys.executable, "-c", OFFLINE_PAGE], capture_output=True,
+                              text=True, timeout=300, cwd=REPO_ROOT)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report == {"attempts": [], "gradio_analytics": False, "page_analytics": False}
