@@ -78,14 +78,22 @@ def test_no_batch_size_fits_when_the_images_do_not_divide_among_the_devices():
         "devices: 20 is not a multiple of 3)")
 
 
-@pytest.mark.parametrize("num_examples, batch_size, devices, expected", [
-    (60_000, 1024, 8, None), (60_000, 1024, 3, [1023, 1026]), (48, 16, 3, [15, 18])])
-def test_usable_batch_sizes(num_examples, batch_size, devices, expected):
+@pytest.mark.parametrize("num_examples, batch_size, devices, fits, nearest", [
+    (60_000, 1024, 8, True, [1016, 1032]), (60_000, 1024, 3, False, [1023, 1026]),
+    (48, 16, 3, False, [15, 18])])
+def test_usable_batch_sizes(num_examples, batch_size, devices, fits, nearest):
+    """The nearest batch sizes whose batches divide among the devices, and the check that
+    takes a batch size that does (MNIST's 60,000 in 1024s over 8 devices) and refuses one
+    that does not, naming them."""
     from vae_jax.runtime.mesh import usable_batch_sizes
-    if expected is None:
-        assert batch_size % devices == 0 and (num_examples % batch_size) % devices == 0
+    assert usable_batch_sizes(num_examples, batch_size, devices) == nearest
+    parallel = DataParallel.create(1)
+    object.__setattr__(parallel, "mesh", type("Mesh", (), {"devices": np.zeros(devices)})())
+    if fits:
+        parallel.check_batches(num_examples, batch_size)
     else:
-        assert usable_batch_sizes(num_examples, batch_size, devices) == expected
+        with pytest.raises(ValueError, match=" or ".join(map(str, nearest))):
+            parallel.check_batches(num_examples, batch_size)
 
 
 def test_one_process_mesh_describes_itself():

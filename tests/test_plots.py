@@ -110,12 +110,14 @@ def test_pca_keeps_the_two_main_directions():
     np.testing.assert_allclose(np.abs(np.corrcoef(projected[:, 0], points[:, 0])[0, 1]), 1,
                                atol=1e-3)
     two, kept = plots.pca_2d(points[:, :2])
-    np.testing.assert_array_equal(two, points[:, :2]) and kept == 1.0
+    np.testing.assert_array_equal(two, points[:, :2])
+    assert kept == 1.0
 
 
 def test_interpolation_runs_from_start_to_end():
     path = plots.interpolate(np.zeros(3), np.array([1.0, 2.0, 4.0]), 5)
-    np.testing.assert_allclose(path[0], 0) and np.testing.assert_allclose(path[-1], [1, 2, 4])
+    np.testing.assert_allclose(path[0], 0)
+    np.testing.assert_allclose(path[-1], [1, 2, 4])
     np.testing.assert_allclose(path[2], [0.5, 1, 2])
 
 

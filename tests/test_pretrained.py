@@ -13,13 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import load_repository_module, requires_real_mnist
+from tests.helpers import load_repository_module, requires_real_mnist, untrained_variables
 from vae_jax import pretrained
 from vae_jax.checkpoints.run_checkpoints import CheckpointError
-from vae_jax.data import arrays
 from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands import sample as sample_command
-from vae_jax.pretrained.fingerprint import fingerprint
+from vae_jax.data import arrays
+from vae_jax.evaluation.elbo import neg_elbo
+from vae_jax.pretrained.fingerprint import fingerprint, fingerprint_images
 from vae_jax.runtime.errors import InputError
 
 NAMES = pretrained.names()
@@ -109,9 +110,18 @@ def test_make_pretrained_saves_a_loadable_model_with_its_card(uninterrupted, tmp
     assert card["likelihood"]["iwae_samples"] == 5000
     model, variables, config = load_model(str(saved))
     assert "data_dir" not in config
-    chex.assert_trees_all_equal(variables, load_model(str(uninterrupted))[1])
-    got = fingerprint(model, variables, config.get("binarize", "none"))
-    np.testing.assert_allclose(got["neg_elbo"], card["fingerprint"]["neg_elbo"], atol=2e-3)
+    run_model, run_variables, _ = load_model(str(uninterrupted))
+    chex.assert_trees_all_equal(variables, run_variables)
+    # The card's fingerprint is the run's negative ELBO on the fingerprint images, computed
+    # here without `fingerprint` (and in batches of 8), and no other model's.
+    recorded = card["fingerprint"]
+    assert recorded == {"neg_elbo": recorded["neg_elbo"], "images": 64, "seed": 0,
+                        "binarize": "none"}
+    direct = neg_elbo(run_model, run_variables, fingerprint_images(), jax.random.key(0),
+                      batch_size=8).averages()["loss"]
+    np.testing.assert_allclose(recorded["neg_elbo"], direct, atol=2e-3)
+    other = fingerprint(model, untrained_variables())["neg_elbo"]
+    assert abs(other - recorded["neg_elbo"]) > 1.0
 
 
 def test_a_damaged_pretrained_model_is_refused_in_one_line(tmp_path):
