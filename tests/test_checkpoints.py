@@ -273,13 +273,20 @@ def test_unreadable_checkpoint_warnings_keep_the_first_readable_words(message, e
     assert run_checkpoints.error_line(ValueError(message)) == expected
 
 
-def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
-    """A huge learning rate that diverges in the first epoch: no 'last good checkpoint
-    stays' when there is none."""
+@pytest.mark.slow(reason="fault injection: trains until the loss diverges")
+def test_a_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path, capsys):
+    """A learning rate so large that the loss diverges at step 2: the run stops in one line
+    without claiming that a last good checkpoint stays, and saves none; once a checkpoint
+    exists the message names it."""
     from vae_jax.training import hooks
+    workdir = tmp_path / "diverged"
+    assert run_in_process(workdir, "--learning-rate", "1e30") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("train.py: the training loss (nan) is not finite at step 2 (epoch 1); "
+                    "stopped without saving it (there is no earlier checkpoint)")
+    assert not (workdir / "checkpoints").exists() or not any(
+        name.isdigit() for name in os.listdir(workdir / "checkpoints"))
     where = str(tmp_path / "checkpoints")
-    with pytest.raises(NonFiniteLossError, match=r"\(there is no earlier checkpoint\)$"):
-        hooks.require_finite(np.float32(np.nan), "the training loss", 2, 3, where)
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)
     with pytest.raises(NonFiniteLossError, match=rf"\(the last good checkpoint in {where} "
                                                  r"stays\)$"):
