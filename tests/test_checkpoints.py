@@ -25,6 +25,7 @@ from tests.helpers import (
     tiny_config,
     untrained_variables,
 )
+from tests.test_faults import read_only
 from vae_jax.checkpoints import run_checkpoints
 from vae_jax.commands import train as train_command
 from vae_jax.runtime.errors import NonFiniteLossError
@@ -253,10 +254,13 @@ def test_unwritable_workdir_is_refused(tmp_path, capsys):
     not_a_directory.write_text("")
     assert train_command.main(["--workdir", str(not_a_directory / "run"), "--no-download"]) == 2
     assert "is not a writable directory" in capsys.readouterr().err
-    if os.geteuid() != 0:  # root may write anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):  # as root too: a read-only mount, or os.access answering so
         assert train_command.main(["--workdir", str(locked / "run"), "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{locked}" in err and "is not a writable directory" in err
+    assert os.listdir(locked) == []
 
 
 @pytest.mark.parametrize("message, expected", [

@@ -197,6 +197,8 @@ def write_failure(error: Exception) -> str:
         return "the disk is full (No space left on device)"
     if getattr(error, "errno", None) == 13 or "Permission denied" in text:
         return "permission denied"
+    if getattr(error, "errno", None) == 27 or "File too large" in text:
+        return "a file would be larger than this system allows (File too large)"
     return f"{type(error).__name__}: {text[:200]}"
 
 
