@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from vae_jax import VAE
+from vae_jax.checkpoints.saved_model import load_model
 from vae_jax.commands.torch_port import main as torch_port_main
 from vae_jax.interop.torch_port import LAYERS, from_torch_state_dict, to_torch_state_dict
 from vae_jax.kernels import convolutions
@@ -264,6 +265,50 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert len(stderr.strip().splitlines()) == 1
     assert stderr.startswith("python -m vae_jax.commands.torch_port: error: no such file: ")
     assert not (tmp_path / "out").exists()
+
+
+class StandInTorch:
+    """`torch` as `vae-jax-torch-port` uses it (`torch.load` alone), without PyTorch: the
+    command's success path runs on every machine, not only where torch is installed."""
+
+    def __init__(self, loaded):
+        self.loaded, self.calls = loaded, []
+
+    def load(self, path, map_location=None, weights_only=False):
+        self.calls.append((str(path), map_location, weights_only))
+        return self.loaded
+
+
+def three_channel_state_dict() -> dict:
+    shapes = variable_shapes(VAE(im_chan=3))
+    return to_torch_state_dict(jax.tree.map(lambda leaf: np.full(leaf.shape, 0.5, leaf.dtype),
+                                            shapes))
+
+
+@pytest.mark.parametrize("wrap, state", [
+    (lambda sd: sd, "golden"), (lambda sd: {"state_dict": sd}, "golden"),
+    (lambda sd: {"model_state_dict": sd, "epoch": 7}, "golden"),
+    (lambda sd: {"model_state_dict": sd}, "three channels"),
+])
+def test_the_command_converts_what_torch_load_returns(state_dict, tmp_path, capsys, monkeypatch,
+                                                     wrap, state):
+    source = state_dict if state == "golden" else three_channel_state_dict()
+    torch = StandInTorch(wrap(source))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    (tmp_path / "vae.pt").write_bytes(b"stand-in")
+    workdir = tmp_path / "imported"
+    assert torch_port_main([str(tmp_path / "vae.pt"), "--workdir", str(workdir)]) == 0
+    assert torch.calls == [(str(tmp_path / "vae.pt"), "cpu", True)]  # never unpickles code
+    im_chan = 1 if state == "golden" else 3
+    count = sum(np.size(value) for key, value in source.items()
+                if not key.endswith(("running_mean", "running_var")))
+    out = capsys.readouterr().out
+    assert out == (f"converted {tmp_path / 'vae.pt'} (VAE(z_dim=32, im_chan={im_chan}), "
+                   f"{count:,} parameters) -> {workdir}\n")
+    model, variables, config = load_model(str(workdir))
+    assert (config["z_dim"], config["im_chan"], model.im_chan) == (32, im_chan, im_chan)
+    chex.assert_trees_all_equal(variables, jax.tree.map(
+        np.asarray, from_torch_state_dict(source, im_chan=im_chan)))
 
 
 # ----------------------------------------------------------------------------------------
