@@ -213,8 +213,11 @@ def assert_trained_alike(workdir, expected_workdir, learning_rate=2e-3):
     rounding difference (a sum taken over devices in another order) becomes a difference
     of up to the learning rate per step (docs/guides/pytorch.md, "What the parity tests
     guarantee"). So
-    each weight may differ by at most a learning rate per step taken, and at most 1% of
-    them by more than half of one: a wrong split of the data would move most of them.
+    a few weights may differ by a learning rate or two (at most 4), the 99th percentile by
+    at most a tenth of one, and at most 1% of them by more than half of one: a wrong split of
+    the data would move most of them. (Measured 2026-12-07, 9 steps: 8 devices against 1,
+    max 2.4e-7; two processes, max 1.7e-4, 99th percentile 1.8e-6; DReG on 8 devices, max
+    4.0e-3 = 2 lr, 99th percentile 1.1e-4.)
     Left out: the biases of the convolutions before a BatchNorm, whose gradient is all
     rounding (tests/helpers.py), and the running means, which carry those biases along.
     """
@@ -231,7 +234,8 @@ def assert_trained_alike(workdir, expected_workdir, learning_rate=2e-3):
 
     differences = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
         compared(trees["variables"]), compared(expected["variables"]))])
-    assert differences.max() <= step * learning_rate
+    assert differences.max() <= min(step, 4) * learning_rate
+    assert np.percentile(differences, 99) <= learning_rate / 10
     assert np.mean(differences > learning_rate / 2) < 0.01
     chex.assert_trees_all_equal(
         (trees["train_state"]["step"], trees["train_state"]["key"]),

@@ -45,9 +45,17 @@ def test_gpu_on_a_machine_without_one_is_refused_in_one_line(fake_jax):
     assert "\n" not in str(error.value)
 
 
-def test_cpu_and_auto(fake_jax):
-    assert platforms.select_platform("cpu") == "cpu"
-    assert platforms.select_platform("auto") == "cpu"  # "cpu" was set just above
+def test_cpu_restricts_jax_to_the_cpu(fake_jax):
+    assert platforms.select_platform("cpu") == "cpu"  # on a machine with a GPU too
+    assert fake_jax["jax_platforms"] == "cpu"
+
+
+@pytest.mark.parametrize("installed, backend", [(("cpu", "cuda"), "gpu"), (("cpu",), "cpu")])
+def test_auto_leaves_jax_its_own_choice(fake_jax, installed, backend):
+    """On a fresh process: the GPU where one is, else the CPU, and no restriction set."""
+    fake_jax["installed"] = installed
+    assert platforms.select_platform("auto") == backend
+    assert fake_jax["jax_platforms"] is None
 
 
 def test_a_backend_that_fails_to_start_is_one_line(fake_jax):
