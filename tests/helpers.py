@@ -74,6 +74,15 @@ def real_mnist_dir():
     return None
 
 
+def import_torch():
+    """torch, for the tests of the side-by-side benchmark: skipped where it is not installed,
+    unless $VAE_JAX_REQUIRE_TORCH is set (`.ci/run` installs it), where its absence fails."""
+    if os.environ.get("VAE_JAX_REQUIRE_TORCH"):
+        import torch
+        return torch
+    return pytest.importorskip("torch")
+
+
 requires_real_mnist = pytest.mark.skipif(
     real_mnist_dir() is None, reason="TFDS_DATA_DIR does not hold the prepared mnist")
 

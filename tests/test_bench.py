@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.helpers import import_torch
 from vae_jax.benchmarks import op_profile, runners
 from vae_jax.commands import bench as bench_command
 
@@ -81,7 +82,7 @@ def test_vs_torch_without_torch_says_how_to_install_it(capsys, monkeypatch):
 
 
 def test_vs_torch_reports_the_ratio(capsys):
-    pytest.importorskip("torch")
+    import_torch()
     status, out, err = run_bench(capsys, "--batch-size", "8", "--steps", "2", "--warmup", "1",
                                  "--json", "--vs-torch", "--floor-size", "0")
     assert status == 0, err
@@ -93,7 +94,7 @@ def test_vs_torch_reports_the_ratio(capsys):
 
 
 def test_vs_torch_epoch_times_an_epoch_of_each(capsys):
-    pytest.importorskip("torch")
+    import_torch()
     report = json_report(capsys, "--mode", "epoch", "--num-images", "10", "--batch-size", "4",
                          "--steps", "1", "--rounds", "1", "--warmup", "0", "--vs-torch",
                          "--floor-size", "0")
@@ -104,7 +105,7 @@ def test_vs_torch_epoch_times_an_epoch_of_each(capsys):
 
 
 def test_torch_epoch_steps_over_every_image_once_in_shuffled_batches(monkeypatch):
-    pytest.importorskip("torch")
+    import_torch()
     images = runners.random_images(10, seed=0)
     runner = runners.TorchRunner(images, batch_size=4, seed=0, threads=1)
     batches = []
