@@ -72,8 +72,19 @@ def variables(model, images):
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """A finished three-epoch run (tests.helpers.run_in_process); copy it before changing it."""
+    """A finished three-epoch run (tests.helpers.run_in_process); copy it before changing it.
+
+    Its training step may compile once (`chex.assert_max_traces`: every batch of 48 images
+    in 16s has one shape), so each session that uses the run also checks a whole run's
+    compile count, in the fast tier."""
+    import chex
+
     from tests.helpers import run_in_process
+    from vae_jax.training import loop, steps
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    assert run_in_process(workdir) == 0
+    chex.clear_trace_counter()  # counted per place in the code, over the whole session
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "make_train_step",
+                      lambda **options: steps.make_train_step(max_traces=1, **options))
+        assert run_in_process(workdir) == 0
     return workdir
