@@ -58,6 +58,9 @@ def main() -> None:
     card = {"description": args.description, "command": args.command,
             "hardware": args.hardware, "wall_time": args.wall_time,
             "results": read_results(args.results)}
+    if config.get("init_from"):  # fine-tuned: the card says from what
+        card["started_from"] = {"source": config["init_from"],
+                                "digest": config.get("init_from_digest")}
     if args.likelihood:
         card["likelihood"] = read_results(args.likelihood)
     card["fingerprint"] = fingerprint(model, variables, config.get("binarize", "none"))

@@ -71,6 +71,12 @@ def require_writable(workdir: str, names: tuple[str, ...] = (), flag: str = "--w
             raise InputError(f"{flag} {workdir}: {path} is not writable")
 
 
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir` holds a run's checkpoint (one to resume from)."""
+    directory = os.path.join(workdir, CHECKPOINTS_DIR)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 def holds_training_run(workdir: str, config: dict) -> bool:
     """Whether `workdir` (whose config.json holds `config`) is a training run's."""
     return (os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR))

@@ -94,6 +94,11 @@ class TrainConfig:
         non_negative=True, resume_must_match=True, metavar="N")
     seed: int = setting(0, f"everything random (init, shuffling, samples) derives from it; "
                         f"0 to {MAX_SEED}", maximum=MAX_SEED, resume_must_match=True)
+    init_from: str | None = setting(
+        None, "start from the weights and BatchNorm statistics of a run's workdir, a folder "
+        "of saved variables (vae-jax-torch-port's) or pretrained:NAME, with a fresh optimizer "
+        "and schedules; the architecture must match", resume_must_match=True,
+        metavar="SOURCE", default_text="a fresh initialisation")
     dataset: str = setting("mnist", "a tfds dataset of 28x28 grayscale images (mnist, "
                            "fashion_mnist, kmnist, ...), or an arrays file FILE.npz, read "
                            "without TensorFlow (vae-jax-export-data writes one)",

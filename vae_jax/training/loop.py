@@ -28,9 +28,15 @@ import jax
 import numpy as np
 import optax
 
-from vae_jax.checkpoints.config_file import write_config_file
+from vae_jax.checkpoints.config_file import read_config_file, write_config_file
 from vae_jax.checkpoints.run_checkpoints import RunCheckpoints, ShouldSave
-from vae_jax.checkpoints.workdir import check_workdir, clear_run_outputs, command_line, exclusive
+from vae_jax.checkpoints.workdir import (
+    check_workdir,
+    clear_run_outputs,
+    command_line,
+    exclusive,
+    has_checkpoints,
+)
 from vae_jax.data import input_pipeline
 from vae_jax.evaluation import elbo, likelihood
 from vae_jax.model.losses import METRIC_NAMES
@@ -41,6 +47,7 @@ from vae_jax.runtime.errors import InputError
 from vae_jax.runtime.mesh import DataParallel, barrier, host, to_host
 from vae_jax.training import hooks, resume, run_limits
 from vae_jax.training.config import EpochMode, TrainConfig
+from vae_jax.training.init_from import InitialModel, load_initial_model
 from vae_jax.training.schedules import value_at
 from vae_jax.training.steps import make_train_epoch, make_train_step
 from vae_jax.training.train_state import (
@@ -156,6 +163,7 @@ class RunSetup:
     keys: RunKeys
     train_images: np.ndarray
     test_images: np.ndarray
+    initial_model: InitialModel | None = None  # --init-from's weights, else a fresh init
 
     @property
     def steps_per_epoch(self) -> int:
@@ -170,14 +178,18 @@ class RunSetup:
         return self.config.kl_weight_schedule(self.steps_per_epoch)
 
     @classmethod
-    def create(cls, config: TrainConfig, workdir: str) -> "RunSetup":
-        """Checks `workdir`, the model's size and the data before anything is written."""
+    def create(cls, config: TrainConfig, workdir: str, fresh: bool = False) -> "RunSetup":
+        """Checks `workdir`, the model's size, --init-from's source (for a run that starts,
+        not one that resumes) and the data before anything is written."""
         config = dataclasses.replace(config, epoch_mode=resolve_epoch_mode(config.epoch_mode),
                                      lr_decay_epochs=config.lr_decay_end())
         check_workdir(workdir)
         model = VAE(z_dim=config.z_dim, implementation=config.implementation,
                     hidden_dim=config.hidden_dim)
         check_fits_in_memory(model, config)
+        starts = fresh or not has_checkpoints(workdir)  # a resumed run never reads its source
+        initial_model = (load_initial_model(config.init_from, config.model_config(), workdir)
+                         if config.init_from and starts else None)
         parallel = DataParallel.create(config.devices)
         train_images, test_images = (
             input_pipeline.load_split(config.dataset, split, config.data_dir,
@@ -188,11 +200,27 @@ class RunSetup:
             config, input_pipeline.num_batches(len(train_images), config.batch_size),
             platforms.memory_bytes(), parallel.device_count)
         return cls(config, workdir, model, parallel, RunKeys.from_seed(config.seed),
-                   train_images, test_images)
+                   train_images, test_images, initial_model)
 
     def initial_state(self) -> TrainState:
-        return create_train_state(self.model, make_optimizer(self.learning_rate),
-                                  self.keys.init, self.keys.train)
+        """Step 0: a fresh initialisation, or --init-from's weights and BatchNorm statistics
+        with a fresh optimizer; the run's own training key either way."""
+        state = create_train_state(self.model, make_optimizer(self.learning_rate),
+                                   self.keys.init, self.keys.train)
+        if self.initial_model is None:
+            return state
+        source = jax.tree.map(jax.numpy.asarray, self.initial_model.variables)
+        return TrainState.create(apply_fn=state.apply_fn, params=source["params"],
+                                 batch_stats=source["batch_stats"], tx=state.tx, key=state.key)
+
+    def config_record(self) -> dict:
+        """config.json's contents: the settings, and the digest of --init-from's variables."""
+        record = self.config.to_json()
+        if self.initial_model is not None:
+            record["init_from_digest"] = self.initial_model.digest
+        elif self.config.init_from:  # resumed: the digest recorded when the run started
+            record["init_from_digest"] = read_config_file(self.workdir).get("init_from_digest")
+        return record
 
 
 def test_objective(setup: RunSetup, state: TrainState, test_pass: elbo.ElboPass,
@@ -232,7 +260,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
     resume with other settings, a model too large) before anything in `workdir` changes,
     and `Stopped` subclasses when it stops early.
     """
-    setup = RunSetup.create(config, workdir)
+    setup = RunSetup.create(config, workdir, fresh=fresh)
     config, steps_per_epoch = setup.config, setup.steps_per_epoch
     main = is_main_process()  # the process that writes files and prints
     log = log if main else (lambda line: None)
@@ -251,7 +279,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, progress: bool = Tr
             log(f"resuming the run in {workdir} from its checkpoint at step {step_of(state)} "
                 f"(epoch {first_epoch}, batch {first_batch})")
         if main:
-            write_config_file(workdir, config.to_json())
+            write_config_file(workdir, setup.config_record())
         if first_epoch > config.epochs:
             log(f"nothing to do: the run in {workdir} has already trained {config.epochs} "
                 "epochs")
