@@ -16,7 +16,7 @@ def test_the_settings_a_resume_must_match():
                           "train_split", "binarize", "epoch_mode", "kl_weight",
                           "kl_warmup_epochs", "hidden_dim", "objective", "objective_samples",
                           "lr_schedule", "lr_warmup_epochs", "lr_decay_epochs",
-                          "lr_end_fraction"}
+                          "lr_end_fraction", "init_from"}
 
 
 def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):
