@@ -131,6 +131,41 @@ def full_state(workdir):
         return run.restore_newest(("variables", "train_state"), set_aside=False)
 
 
+class Killed(BaseException):
+    """The process dying on the spot, as with SIGKILL: no handler of the run catches it."""
+
+
+@contextlib.contextmanager
+def killed_after_saving(step: int):
+    """Runs inside die (`Killed`) right after their checkpoint of `step` is saved: what a
+    SIGKILL at that moment leaves, in this process."""
+    save = run_checkpoints.RunCheckpoints.save
+
+    def save_then_die(self, saved_step, *args, **kwargs):
+        save(self, saved_step, *args, **kwargs)
+        if saved_step == step:
+            raise Killed
+
+    run_checkpoints.RunCheckpoints.save = save_then_die
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        run_checkpoints.RunCheckpoints.save = save
+
+
+def assert_resumed_bitwise(workdir, expected_workdir) -> None:
+    """The newest checkpoint of `workdir` (every array) and its epochs' train losses equal
+    `expected_workdir`'s, bit for bit."""
+    (step, resumed), (expected_step, expected) = full_state(workdir), full_state(
+        expected_workdir)
+    assert step == expected_step
+    chex.assert_trees_all_equal(resumed, expected)
+    losses = [[json.loads(line)["train_loss"] for line in open(directory / "metrics.jsonl")]
+              for directory in (workdir, expected_workdir)]
+    assert losses[0] == losses[1]
+
+
 def snapshot(directory):
     """Every saved file's size and modification time under `directory` (not the lock file,
     which a run holds while it checks the directory, and which holds no data)."""

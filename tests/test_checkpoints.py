@@ -19,7 +19,9 @@ from tests.helpers import (
     NUM_EXAMPLES,
     REPO_ROOT,
     RUN_FLAGS,
+    assert_resumed_bitwise,
     full_state,
+    killed_after_saving,
     run_in_process,
     snapshot,
     tiny_config,
@@ -81,46 +83,19 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, tmp_p
     steps = sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
     assert steps and steps[-1] < 9, steps
     assert run_in_process(workdir, "--checkpoint-every", "1") == 0
-    expected_step, expected = full_state(uninterrupted)
-    step, resumed = full_state(workdir)
-    assert step == expected_step
-    chex.assert_trees_all_equal(resumed, expected)  # bitwise, every array
-    losses = [json.loads(line)["train_loss"] for line in open(workdir / "metrics.jsonl")]
-    expected_losses = [json.loads(line)["train_loss"]
-                       for line in open(uninterrupted / "metrics.jsonl")]
-    assert losses == expected_losses
+    assert_resumed_bitwise(workdir, uninterrupted)
 
 
-class Killed(BaseException):
-    """The process dying on the spot, as with SIGKILL: no handler of the run catches it."""
-
-
-def test_resume_from_inside_an_epoch_is_bitwise_identical(uninterrupted, tmp_path,
-                                                          monkeypatch):
+def test_resume_from_inside_an_epoch_is_bitwise_identical(uninterrupted, tmp_path):
     """The fast tier's twin of the SIGKILL test above, in this process: the run dies right
     after saving step 4 (inside epoch 2 of 3 steps each), then resumes from there."""
     workdir = tmp_path / "cut"
-    save = run_checkpoints.RunCheckpoints.save
-
-    def save_then_die(self, step, *args, **kwargs):
-        save(self, step, *args, **kwargs)
-        if step == 4:
-            raise Killed
-
-    monkeypatch.setattr(run_checkpoints.RunCheckpoints, "save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_saving(4):
         run_in_process(workdir, "--checkpoint-every", "1")
-    monkeypatch.undo()
     assert max(int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()) == 4
     assert len(open(workdir / "metrics.jsonl").readlines()) == 1  # epoch 2 did not end
     assert run_in_process(workdir, "--checkpoint-every", "1") == 0
-    expected_step, expected = full_state(uninterrupted)
-    step, resumed = full_state(workdir)
-    assert step == expected_step
-    chex.assert_trees_all_equal(resumed, expected)  # bitwise, every array
-    losses = [json.loads(line)["train_loss"] for line in open(workdir / "metrics.jsonl")]
-    assert losses == [json.loads(line)["train_loss"]
-                      for line in open(uninterrupted / "metrics.jsonl")]
+    assert_resumed_bitwise(workdir, uninterrupted)
 
 
 @pytest.mark.slow(reason="a training subprocess, signalled")

@@ -462,6 +462,7 @@ print(json.dumps({"attempts": attempts, "gradio_analytics": gradio.analytics.ana
 """
 
 
+@pytest.mark.slow(reason="a process that serves the page with the network refused")
 def test_the_page_reaches_for_nothing_off_this_machine():
     """No telemetry: gradio's two switches are off (its environment variable, which the page
     module sets before gradio reads it, and the page's own `analytics_enabled`), and a page

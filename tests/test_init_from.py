@@ -14,9 +14,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 import vae_jax
-from tests.helpers import NUM_EXAMPLES, full_state, run_in_process, save_untrained, tiny_config
+from tests.helpers import (
+    NUM_EXAMPLES,
+    assert_resumed_bitwise,
+    killed_after_saving,
+    run_in_process,
+    save_untrained,
+    tiny_config,
+)
 from vae_jax import pretrained
-from vae_jax.checkpoints import run_checkpoints
 from vae_jax.evaluation import elbo
 from vae_jax.training import init_from, loop
 
@@ -105,31 +111,17 @@ def test_a_source_that_cannot_start_the_run_is_one_line_and_nothing_is_written(
     assert (sorted(os.listdir(workdir)) if workdir.exists() else None) == before
 
 
-class Killed(BaseException):
-    """The process dying on the spot (SIGKILL): no handler of the run catches it."""
-
-
 @pytest.mark.slow(reason="three fine-tuning runs, one killed")
-def test_a_killed_fine_tuning_run_resumes_bitwise_and_never_rereads_its_source(
-        tmp_path, monkeypatch):
+def test_a_killed_fine_tuning_run_resumes_bitwise_and_never_rereads_its_source(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(pretrained.path("course"), source)
     flags = ("--init-from", str(source), "--checkpoint-every", "1")
     assert run_in_process(tmp_path / "whole", *flags) == 0
-    save = run_checkpoints.RunCheckpoints.save
-
-    def save_then_die(self, step, *args, **kwargs):
-        save(self, step, *args, **kwargs)
-        if step == 4:
-            raise Killed
-
-    monkeypatch.setattr(run_checkpoints.RunCheckpoints, "save", save_then_die)
-    with pytest.raises(Killed):
+    with killed_after_saving(4):
         run_in_process(tmp_path / "cut", *flags)
-    monkeypatch.undo()
     shutil.rmtree(source)  # a resumed run continues from its own checkpoints
     assert run_in_process(tmp_path / "cut", *flags) == 0
-    chex.assert_trees_all_equal(full_state(tmp_path / "cut"), full_state(tmp_path / "whole"))
+    assert_resumed_bitwise(tmp_path / "cut", tmp_path / "whole")
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert config["init_from_digest"] == init_from.variables_digest(
         pretrained.load("course")[1])
