@@ -85,7 +85,7 @@ def on_page(handler, outputs: int = 1):
     return run
 
 
-class ExplorerBlocks(gr.Blocks):
+class _ExplorerBlocks(gr.Blocks):
     """gr.Blocks whose malformed requests, the ones gradio's own checks refuse before any view
     runs (too few values, a drawing that is not one), are one error line for the caller and
     nothing in the terminal: only a crafted API call sends them."""
@@ -142,7 +142,7 @@ class Views:
 def build_page(space: LatentSpace, run_name: str, note: str | None = None) -> gr.Blocks:
     """The page for `space`; `run_name` heads it, `note` says why there are no test images."""
     views = Views(space, note)
-    with ExplorerBlocks(title=f"vae-jax explorer: {run_name}", analytics_enabled=False) as page:
+    with _ExplorerBlocks(title=f"vae-jax explorer: {run_name}", analytics_enabled=False) as page:
         gr.Markdown(INTRO.format(run=run_name, z_dim=space.z_dim,
                                  use=use_summary(space, note)))
         with gr.Tab("Encode and decode"):
