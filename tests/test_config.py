@@ -27,6 +27,12 @@ def test_a_resume_with_other_settings_is_refused_naming_the_flag(tmp_path):
         TrainConfig(batch_size=128).check_resumable(saved, "runs/a")
     with pytest.raises(ResumeMismatchError, match="^--binarize dynamic differs from none"):
         TrainConfig(batch_size=64, binarize="dynamic").check_resumable(saved, "runs/a")
+    fine_tuned = TrainConfig(init_from="pretrained:course").to_json()
+    with pytest.raises(ResumeMismatchError, match=r"^--init-from \(not given\) differs from "
+                                                  r"pretrained:course of the run saved in "):
+        TrainConfig().check_resumable(fine_tuned, "runs/a")
+    with pytest.raises(ResumeMismatchError, match="^--init-from runs/b differs from nothing of"):
+        TrainConfig(batch_size=64, init_from="runs/b").check_resumable(saved, "runs/a")
 
 
 def test_a_setting_older_than_the_saved_run_is_compared_with_its_default():

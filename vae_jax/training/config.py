@@ -209,10 +209,11 @@ class TrainConfig:
             value = saved.get(name, field.default)
             if field.metadata["resume_must_match"] and (
                     value != getattr(self, name)) and value != "auto":
+                given = getattr(self, name)
                 raise ResumeMismatchError(
-                    f"{flag_name(field)} {getattr(self, name)} differs from {value} of "
-                    f"the run saved in {directory}; pass the same value, or --fresh "
-                    "--overwrite to start over")
+                    f"{flag_name(field)} {'(not given)' if given is None else given} differs "
+                    f"from {'nothing' if value is None else value} of the run saved in "
+                    f"{directory}; pass the same value, or --fresh --overwrite to start over")
 
 
 class ResumeMismatchError(InputError):
