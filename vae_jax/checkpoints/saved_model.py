@@ -136,12 +136,12 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
         raise CheckpointError(f"--workdir {workdir} is not a directory")
     variables = load_variables(workdir)
     config = read_config_file(workdir)
+    kernel_sizes = _sizes_of(variables)
     if "z_dim" not in config:  # e.g. variables saved without config.json: read it off the kernel
-        try:
-            config["z_dim"] = int(variables["params"]["decoder"]["deconv1"]["kernel"].shape[2])
-        except (KeyError, IndexError, AttributeError):
+        if kernel_sizes is None:
             raise CheckpointError(f"the variables in {workdir} are not the course VAE's "
-                                  f"and there is no config.json") from None
+                                  f"and there is no config.json")
+        config["z_dim"] = kernel_sizes["z_dim"]
     config.setdefault("im_chan", 1)
     config.setdefault("hidden_dim", VAE.hidden_dim)
     for key in ("z_dim", "im_chan", "hidden_dim"):
@@ -152,7 +152,7 @@ def load_model(workdir: str) -> tuple[VAE, dict, dict]:
     mismatch = CheckpointError(f"the variables in {workdir} do not fit a VAE with "
                                f"{', '.join(f'{key}={value}' for key, value in sizes.items())} "
                                f"(config.json)")
-    if _sizes_of(variables) != sizes:  # read off the kernels: no model of absurd size is built
+    if kernel_sizes != sizes:  # read off the kernels: no model of absurd size is built
         raise mismatch
     model = VAE(**sizes)
     shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731

@@ -94,10 +94,10 @@ def remove_stale_partials(directory: str, name: str) -> list[str]:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError):  # gone, or beyond any process id
         return False
-    except (PermissionError, OverflowError):  # another user's, or no such pid at all
-        return pid <= 2**22
     return True
 
 

@@ -46,12 +46,13 @@ from vae_jax.evaluation.elbo import (
 )
 from vae_jax.model import iwae, losses, metrics
 from vae_jax.model.vae import VAE, variable_shapes
+from vae_jax.runtime.errors import INT32_MAX
 from vae_jax.runtime.mesh import DataParallel, host
 from vae_jax.runtime.progress import tqdm
 
 DEFAULT_IWAE_SAMPLES = 5000
 DECODES_PER_CALL = 2000  # default IWAE chunk: about this many decoder images per step
-MAX_IWAE_SAMPLES = 2**31 - 1  # sample indices are int32
+MAX_IWAE_SAMPLES = INT32_MAX  # sample indices are int32
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,14 +22,13 @@ import numpy as np
 
 from vae_jax.checkpoints.workdir import refuse_json_constant
 from vae_jax.evaluation.likelihood import format_bounds, model_source
-from vae_jax.runtime.errors import InputError, is_positive_int
+from vae_jax.runtime.errors import INT32_MAX, InputError, is_positive_int
 
 MEAN_AND_STDERR = (("neg_elbo", "neg_elbo_stderr"), ("nll_iwae", "nll_iwae_stderr"))
 WEIGHTED_MEANS = ("reconstruction", "kl", "kl_per_dim")
 MUST_AGREE = ("workdir", "dataset", "iwae_samples", "binarize", "z_dim")
 MUST_AGREE_WHEN_GIVEN = ("pretrained",)  # a --pretrained name; older results lack it
 TEXTS = ("workdir", "dataset", "binarize", "pretrained", "split")  # printed as they are
-INT32_MAX = 2**31 - 1  # JAX's indices: no evaluation counts more images or samples
 
 
 class PoolingError(InputError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 
+INT32_MAX = 2**31 - 1  # JAX's step counter, schedule positions and array indices are int32
+
 
 def first_line(error: BaseException) -> str:
     """An error's message as one line (its first; the type's name when it has none)."""

@@ -205,13 +205,13 @@ class RunSetup:
     def initial_state(self) -> TrainState:
         """Step 0: a fresh initialisation, or --init-from's weights and BatchNorm statistics
         with a fresh optimizer; the run's own training key either way."""
-        state = create_train_state(self.model, make_optimizer(self.learning_rate),
-                                   self.keys.init, self.keys.train)
+        optimizer = make_optimizer(self.learning_rate)
         if self.initial_model is None:
-            return state
+            return create_train_state(self.model, optimizer, self.keys.init, self.keys.train)
         source = jax.tree.map(jax.numpy.asarray, self.initial_model.variables)
-        return TrainState.create(apply_fn=state.apply_fn, params=source["params"],
-                                 batch_stats=source["batch_stats"], tx=state.tx, key=state.key)
+        return TrainState.create(apply_fn=self.model.apply, params=source["params"],
+                                 batch_stats=source["batch_stats"], tx=optimizer,
+                                 key=self.keys.train)
 
     def config_record(self) -> dict:
         """config.json's contents: the settings, and the digest of --init-from's variables."""

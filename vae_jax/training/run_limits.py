@@ -8,10 +8,9 @@ is one line that names the flag and a value that fits.
 
 from __future__ import annotations
 
-from vae_jax.runtime.errors import InputError
+from vae_jax.runtime.errors import INT32_MAX, InputError
 from vae_jax.training.config import TrainConfig
 
-INT32_MAX = 2**31 - 1  # the step counter, schedule positions and array indices are int32
 FLOAT_BYTES = 4
 # Each activation of a decoded image is kept about four times in a training step: the layer's
 # output, its normalised and activated copies for the backward pass, and its gradient.
