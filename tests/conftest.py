@@ -7,23 +7,20 @@ fault injection, many devices and processes, the notebook, real MNIST, the GPU b
 script) are left out, and the summary says so. `python -m pytest -q --slow` runs both
 tiers, `-m slow` the slow one alone.
 
-The session shares one persistent XLA compilation cache with every process it starts
-(the environment is inherited): the tests' many training subprocesses compile the same
-few programs, and compiling is most of what such a short run costs on a CPU.
+Every process the suite starts shares one persistent XLA compilation cache (the environment
+is inherited): the tests' many training subprocesses compile the same few programs, and
+compiling is most of what such a short run costs on a CPU. The cache outlives the run
+(`tests/compilation_cache.py`: a folder per jax version and CPU, so a run on another
+kind of machine never loads code compiled for this one), so the next run, and the slow tier
+after the fast one, compile little. `VAE_JAX_TEST_CACHE=session` keeps it to this run.
 """
 
-import atexit
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="vae-jax-tests-xla-cache-")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    from tests import compilation_cache
+    os.environ.update(compilation_cache.environment())
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

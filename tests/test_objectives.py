@@ -3,6 +3,8 @@ K = 1 is the ELBO's sample, the IWAE loss against a direct computation, DReG's e
 gradient against its definition, and the usual checks (finite, compiled once, the ELBO
 step untouched)."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,8 @@ def images():
     return np.random.default_rng(0).uniform(size=(BATCH, 28, 28, 1)).astype(np.float32)
 
 
+# jitted: one compilation per objective, where op-by-op dispatch compiles every operation
+@functools.partial(jax.jit, static_argnums=2)
 def gradients(state, images, objective, key=jax.random.key(9)):
     if objective.name == "elbo":
         return steps.elbo_gradients(state, images, key, steps.COURSE_KL_WEIGHT)
@@ -58,7 +62,7 @@ def test_with_one_sample_the_iwae_step_draws_the_elbo_steps_z(make_state, images
 
     chex.assert_trees_all_close(  # the biases before BatchNorm have only rounding noise
         without_pre_batchnorm_biases(grads),
-        without_pre_batchnorm_biases(jax.grad(sampled_kl_elbo)(state.params)),
+        without_pre_batchnorm_biases(jax.jit(jax.grad(sampled_kl_elbo))(state.params)),
         rtol=2e-4, atol=2e-5)  # float32 sums in another order (gradients up to ~20)
 
 
