@@ -99,14 +99,15 @@ def seed(session: pathlib.Path, store: pathlib.Path) -> set[str]:
     return names
 
 
-def keep(session: pathlib.Path, store: pathlib.Path, seeded: set[str]) -> None:
-    """Moves the run's new, whole entries into the store atomically, then prunes it."""
+def keep(session: pathlib.Path, store: pathlib.Path) -> None:
+    """Moves the run's new, whole entries (those the store lacks) into the store
+    atomically, then prunes it."""
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError:
         return
     for entry in session.iterdir():
-        if entry.name in seeded or not entry.is_file() or (store / entry.name).exists():
+        if not entry.is_file() or (store / entry.name).exists():
             continue
         try:
             data = entry.read_bytes()
@@ -148,8 +149,8 @@ def environment() -> dict[str, str]:
     atexit.register(shutil.rmtree, session, ignore_errors=True)
     if os.environ.get("VAE_JAX_TEST_CACHE", "keep") != "session":
         store = store_dir()
-        seeded = seed(session, store)
-        atexit.register(keep, session, store, seeded)  # runs before the folder's removal
+        seed(session, store)
+        atexit.register(keep, session, store)  # runs before the folder's removal
     return dict(JAX_COMPILATION_CACHE_DIR=str(session),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",

@@ -19,7 +19,7 @@ def test_only_whole_new_entries_join_the_store_and_atomically(tmp_path):
 
     (session / "new-cache").write_bytes(whole)
     (session / "killed-cache").write_bytes(whole[:len(whole) // 2])  # a writer killed mid-file
-    compilation_cache.keep(session, store, seeded)
+    compilation_cache.keep(session, store)
 
     assert sorted(os.listdir(store)) == ["new-cache", "old-cache"]
     assert (store / "new-cache").read_bytes() == whole
